@@ -1,0 +1,77 @@
+//! The collector's settings: defaults, then a TOML file, then `REPLYWAY_…` variables.
+
+use serde::{Deserialize, Serialize};
+
+use replyway_shared::settings::{
+    InvalidSetting, KafkaSettings, LogSettings, RedisSettings, is_valid_topic,
+};
+
+/// Everything the collector is configured with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Reply topics to consume.
+    pub topics: Vec<String>,
+    /// Consumer group shared by every collector replica.
+    pub group_id: String,
+    /// Most replies stored in one Redis round trip.
+    pub batch_max: usize,
+    /// Largest reply value accepted, in bytes; larger replies are skipped.
+    pub max_reply_bytes: usize,
+    /// Redis.
+    pub redis: RedisSettings,
+    /// Kafka.
+    pub kafka: KafkaSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            topics: vec!["replyway.replies".into()],
+            group_id: "replyway-collector".into(),
+            batch_max: 500,
+            max_reply_bytes: 4 * 1024 * 1024,
+            redis: RedisSettings::default(),
+            kafka: KafkaSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+impl Settings {
+    /// Checks every setting.
+    ///
+    /// # Errors
+    /// [`InvalidSetting`] naming the first bad setting.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        self.redis.validate()?;
+        self.kafka.validate()?;
+        if self.topics.is_empty() {
+            return Err(InvalidSetting::new(
+                "topics",
+                "name at least one reply topic",
+            ));
+        }
+        if let Some(t) = self.topics.iter().find(|t| !is_valid_topic(t)) {
+            return Err(InvalidSetting::new(
+                "topics",
+                format!("{t:?} is not a legal Kafka topic name"),
+            ));
+        }
+        if self.group_id.trim().is_empty() {
+            return Err(InvalidSetting::new("group_id", "must not be empty"));
+        }
+        if self.batch_max == 0 || self.batch_max > 10_000 {
+            return Err(InvalidSetting::new("batch_max", "must be 1 to 10000"));
+        }
+        if self.max_reply_bytes == 0 {
+            return Err(InvalidSetting::new(
+                "max_reply_bytes",
+                "must be more than 0",
+            ));
+        }
+        Ok(())
+    }
+}

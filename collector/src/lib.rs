@@ -1,0 +1,222 @@
+//! The Replyway collector: one consumer group over the reply topics; every reply
+//! is stored in Redis and its waiting gateway nodes notified, in one round trip
+//! per batch.
+//!
+//! At-least-once: a batch's offsets are stored (and later committed) only after
+//! Redis acknowledged the whole batch. While Redis is unreachable the batch is
+//! retried and nothing further is consumed, so no reply is skipped. A reply
+//! without a usable correlation id or with a bad status is counted, logged and
+//! skipped; it never stops the collector.
+
+pub mod config;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use replyway_shared::record::reply_from_message;
+use replyway_shared::store::{Keys, ReplyToStore, Store, encode_reply};
+
+pub use config::Settings;
+
+/// Counters of what the collector did, readable while it runs.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Replies stored (first of their id).
+    pub stored: AtomicU64,
+    /// Replies for an id that already had one (the first wins).
+    pub duplicates: AtomicU64,
+    /// Records skipped as malformed.
+    pub malformed: AtomicU64,
+    /// Failed Redis round trips (each retried).
+    pub redis_errors: AtomicU64,
+}
+
+/// Logs rebalances and commit failures.
+struct LoggingContext;
+
+impl ClientContext for LoggingContext {}
+
+impl ConsumerContext for LoggingContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        tracing::info!(
+            ?rebalance,
+            "rebalance: partitions being revoked or assigned"
+        );
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        tracing::info!(?rebalance, "rebalance done");
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => tracing::warn!(error = %e, "offset commit failed"),
+        }
+    }
+}
+
+/// A collector, ready to run.
+pub struct Collector {
+    consumer: StreamConsumer<LoggingContext>,
+    store: Store,
+    batch_max: usize,
+    max_reply_bytes: usize,
+    stats: Arc<Stats>,
+}
+
+impl Collector {
+    /// Creates the consumer (subscribed) and the Redis pool; connects lazily.
+    ///
+    /// # Errors
+    /// When a setting is invalid or the consumer cannot be created.
+    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        settings.validate()?;
+        let consumer: StreamConsumer<LoggingContext> = settings
+            .kafka
+            .consumer_config(&settings.group_id)
+            .create_with_context(LoggingContext)
+            .context("creating the Kafka consumer")?;
+        let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .context("subscribing to the reply topics")?;
+        let pool = settings.redis.pool()?;
+        let store = Store::new(
+            pool,
+            Keys::new(&settings.redis.prefix),
+            settings.redis.timeout,
+            settings.redis.ttl,
+        );
+        tracing::info!(
+            topics = ?settings.topics,
+            group_id = %settings.group_id,
+            redis = %settings.redis.redacted_url(),
+            brokers = %settings.kafka.brokers,
+            "collector started"
+        );
+        Ok(Self {
+            consumer,
+            store,
+            batch_max: settings.batch_max,
+            max_reply_bytes: settings.max_reply_bytes,
+            stats: Arc::default(),
+        })
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Collects replies until `shutdown`; then commits what was stored and leaves
+    /// the group.
+    ///
+    /// # Errors
+    /// When the final commit fails.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut batches = self.consumer.stream().ready_chunks(self.batch_max);
+        loop {
+            let batch = tokio::select! {
+                () = shutdown.cancelled() => break,
+                batch = batches.next() => match batch { Some(b) => b, None => break },
+            };
+            let mut messages = Vec::with_capacity(batch.len());
+            for result in batch {
+                match result {
+                    Ok(m) => messages.push(m),
+                    Err(e) => tracing::warn!(error = %e, "kafka consumer error"),
+                }
+            }
+            if !self.store_batch(&messages, &shutdown).await {
+                break;
+            }
+            for message in &messages {
+                if let Err(e) = self.consumer.store_offset_from_message(message) {
+                    // The partition was revoked meanwhile: its new owner re-reads it.
+                    tracing::debug!(error = %e, partition = message.partition(), offset = message.offset(), "offset not stored");
+                }
+            }
+        }
+        drop(batches);
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => return Err(e).context("committing offsets at shutdown"),
+        }
+        self.consumer.unsubscribe();
+        tracing::info!("collector stopped");
+        Ok(())
+    }
+
+    /// Stores the good replies of a batch, retrying until Redis acknowledges.
+    /// Returns `false` when shutdown came first (nothing of the batch counts as
+    /// stored, so its offsets must not be stored).
+    async fn store_batch(
+        &self,
+        messages: &[BorrowedMessage<'_>],
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let mut replies = Vec::with_capacity(messages.len());
+        for message in messages {
+            match reply_from_message(message, self.max_reply_bytes) {
+                Ok((id, reply)) => replies.push(ReplyToStore {
+                    id,
+                    encoded: encode_reply(&reply),
+                }),
+                Err(e) => {
+                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        topic = message.topic(),
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        reason = e.label(),
+                        error = %e,
+                        "skipping a malformed reply"
+                    );
+                }
+            }
+        }
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.store.store_replies(&replies).await {
+                Ok(stored) => {
+                    let fresh = stored.iter().filter(|s| **s).count() as u64;
+                    self.stats.stored.fetch_add(fresh, Ordering::Relaxed);
+                    self.stats
+                        .duplicates
+                        .fetch_add(stored.len() as u64 - fresh, Ordering::Relaxed);
+                    return true;
+                }
+                Err(e) => {
+                    self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, replies = replies.len(), retry_in_ms = backoff.as_millis() as u64, "could not store replies; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return false,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}
+
+/// Runs a collector until `shutdown`.
+///
+/// # Errors
+/// As [`Collector::new`] and [`Collector::run`].
+pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    Collector::new(settings)?.run(shutdown).await
+}

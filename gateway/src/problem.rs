@@ -1,0 +1,154 @@
+//! The gateway's errors, answered as RFC 9457 `application/problem+json`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use replyway_shared::store::StoreError;
+
+/// Everything a gateway request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// No route for the path.
+    #[error("no route for {0}")]
+    NoRoute(String),
+    /// The path has routes, but not for this method.
+    #[error("method not allowed")]
+    MethodNotAllowed(Vec<axum::http::Method>),
+    /// The body is over the route's limit.
+    #[error("request body is larger than the route's limit of {0} bytes")]
+    BodyTooLarge(usize),
+    /// The body could not be read.
+    #[error("request body could not be read")]
+    BodyRead,
+    /// A header or id is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Too many requests wait on this node.
+    #[error("too many requests are waiting on this node")]
+    Overloaded,
+    /// Redis is unreachable.
+    #[error("reply store unavailable")]
+    Redis(#[source] StoreError),
+    /// Kafka did not take the command.
+    #[error("broker unavailable")]
+    Kafka(#[source] rdkafka::error::KafkaError),
+    /// No reply within the wait.
+    #[error("no reply within {0} ms")]
+    Timeout(u128, String),
+    /// Unknown or expired correlation id.
+    #[error("no reply or pending request with this id")]
+    UnknownReply(String),
+    /// The gateway is shutting down.
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    correlation_id: Option<&'a str>,
+}
+
+/// Location of a reply.
+pub fn reply_location(id: &str) -> String {
+    format!("/v1/replies/{id}")
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let (status, kind) = match &self {
+            Self::NoRoute(_) => (StatusCode::NOT_FOUND, "urn:replyway:problem:no-route"),
+            Self::MethodNotAllowed(_) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "urn:replyway:problem:method-not-allowed",
+            ),
+            Self::BodyTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "urn:replyway:problem:body-too-large",
+            ),
+            Self::BodyRead => (
+                StatusCode::BAD_REQUEST,
+                "urn:replyway:problem:body-unreadable",
+            ),
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "urn:replyway:problem:bad-request"),
+            Self::Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "urn:replyway:problem:overloaded",
+            ),
+            Self::Redis(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "urn:replyway:problem:store-unavailable",
+            ),
+            Self::Kafka(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "urn:replyway:problem:broker-unavailable",
+            ),
+            Self::Timeout(..) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "urn:replyway:problem:reply-timeout",
+            ),
+            Self::UnknownReply(_) => (StatusCode::NOT_FOUND, "urn:replyway:problem:unknown-reply"),
+            Self::ShuttingDown => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "urn:replyway:problem:shutting-down",
+            ),
+        };
+        match &self {
+            Self::Redis(e) => tracing::warn!(error = %e, "redis unavailable"),
+            Self::Kafka(e) => tracing::warn!(error = %e, "kafka unavailable"),
+            _ => {}
+        }
+        let correlation_id = match &self {
+            Self::Timeout(_, id) | Self::UnknownReply(id) => Some(id.as_str()),
+            _ => None,
+        };
+        let mut detail = self.to_string();
+        if let Some(id) = correlation_id.filter(|_| matches!(self, Self::Timeout(..))) {
+            detail = format!(
+                "{detail}; the reply can be fetched at {} when it arrives",
+                reply_location(id)
+            );
+        }
+        let body = Body {
+            kind,
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail,
+            correlation_id,
+        };
+        let mut response = (status, serde_json::to_vec(&body).unwrap_or_default()).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Self::Timeout(_, id) = &self {
+            if let Ok(v) = HeaderValue::from_str(&reply_location(id)) {
+                headers.insert(header::LOCATION, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(id) {
+                headers.insert(crate::CORRELATION_ID.clone(), v);
+            }
+        }
+        if let Self::MethodNotAllowed(methods) = &self {
+            let allow = methods
+                .iter()
+                .map(axum::http::Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            if let Ok(v) = HeaderValue::from_str(&allow) {
+                headers.insert(header::ALLOW, v);
+            }
+        }
+        response
+    }
+}

@@ -1,0 +1,400 @@
+//! Routes from the configuration: which HTTP requests become which Kafka commands.
+//!
+//! A path pattern is a `/`-separated list of literal segments and `{name}`
+//! parameters (`/accounts/{account}/transfers`). A route's record key is a template
+//! of literal text, `{correlation_id}` and `{param.<name>}`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use axum::http::{HeaderName, Method};
+use percent_encoding::percent_decode_str;
+use serde::{Deserialize, Serialize};
+
+use replyway_shared::settings::{InvalidSetting, is_valid_topic};
+
+/// One route as written in the configuration file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Name used in logs and the pending record; defaults to `METHOD path`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// HTTP method (`POST`, `PUT`, …).
+    pub method: String,
+    /// Path pattern, e.g. `/orders/{id}`.
+    pub path: String,
+    /// Kafka topic the command is produced to.
+    pub topic: String,
+    /// Record key template (default `{correlation_id}`).
+    #[serde(default = "default_key")]
+    pub key: String,
+    /// How long a synchronous request waits for its reply.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Largest accepted request body, in bytes.
+    #[serde(default = "default_body_limit")]
+    pub body_limit: usize,
+    /// Request headers forwarded to the service as `header-<name>`.
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
+    /// Reply headers passed to the HTTP response; when unset, every reply header
+    /// except hop-by-hop and framing headers.
+    #[serde(default)]
+    pub reply_headers: Option<Vec<String>>,
+}
+
+fn default_key() -> String {
+    "{correlation_id}".into()
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_body_limit() -> usize {
+    1024 * 1024
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KeyPart {
+    Literal(String),
+    CorrelationId,
+    Param(String),
+}
+
+/// A validated route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Name for logs and the pending record.
+    pub name: String,
+    /// HTTP method.
+    pub method: Method,
+    /// Kafka request topic.
+    pub topic: String,
+    /// Synchronous wait bound.
+    pub timeout: Duration,
+    /// Body bound in bytes.
+    pub body_limit: usize,
+    /// Forwarded request headers.
+    pub forward_headers: Vec<HeaderName>,
+    /// Reply headers allowed through, or `None` for all but the denied ones.
+    pub reply_headers: Option<HashSet<HeaderName>>,
+    pattern: Vec<Segment>,
+    key: Vec<KeyPart>,
+}
+
+/// Path parameters of a matched request, decoded.
+pub type Params = BTreeMap<String, String>;
+
+impl Route {
+    /// Validates one configured route (`index` names it in errors).
+    ///
+    /// # Errors
+    /// [`InvalidSetting`] naming the bad field.
+    pub fn from_config(index: usize, c: &RouteConfig) -> Result<Self, InvalidSetting> {
+        let at = |field: &str| format!("routes[{index}].{field}");
+        let method = Method::from_bytes(c.method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| InvalidSetting::new(at("method"), "not an HTTP method"))?;
+        if !c.path.starts_with('/') {
+            return Err(InvalidSetting::new(at("path"), "must start with /"));
+        }
+        let mut pattern = Vec::new();
+        let mut names = HashSet::new();
+        for seg in c.path.split('/').skip(1) {
+            if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                if name.is_empty()
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                {
+                    return Err(InvalidSetting::new(
+                        at("path"),
+                        format!("bad parameter name {seg:?}"),
+                    ));
+                }
+                if !names.insert(name.to_owned()) {
+                    return Err(InvalidSetting::new(
+                        at("path"),
+                        format!("parameter {name} appears twice"),
+                    ));
+                }
+                pattern.push(Segment::Param(name.to_owned()));
+            } else if seg.contains(['{', '}']) {
+                return Err(InvalidSetting::new(
+                    at("path"),
+                    format!("segment {seg:?}: a parameter must be a whole segment"),
+                ));
+            } else {
+                pattern.push(Segment::Literal(seg.to_owned()));
+            }
+        }
+        if pattern.first() == Some(&Segment::Literal("v1".into())) {
+            return Err(InvalidSetting::new(
+                at("path"),
+                "/v1/ is reserved for the gateway's own endpoints",
+            ));
+        }
+        if !is_valid_topic(&c.topic) {
+            return Err(InvalidSetting::new(
+                at("topic"),
+                "not a legal Kafka topic name",
+            ));
+        }
+        let key =
+            parse_key(&c.key, &names).map_err(|reason| InvalidSetting::new(at("key"), reason))?;
+        if c.timeout.is_zero() {
+            return Err(InvalidSetting::new(at("timeout"), "must be more than 0"));
+        }
+        let header_list = |field: &str, list: &[String]| {
+            list.iter()
+                .map(|h| {
+                    HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(|_| {
+                        InvalidSetting::new(at(field), format!("{h:?} is not a header name"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Self {
+            name: c
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{} {}", method, c.path)),
+            method,
+            topic: c.topic.clone(),
+            timeout: c.timeout,
+            body_limit: c.body_limit,
+            forward_headers: header_list("forward_headers", &c.forward_headers)?,
+            reply_headers: c
+                .reply_headers
+                .as_deref()
+                .map(|l| header_list("reply_headers", l).map(|v| v.into_iter().collect()))
+                .transpose()?,
+            pattern,
+            key,
+        })
+    }
+
+    fn matches(&self, path: &str) -> Option<Params> {
+        let mut params = Params::new();
+        let mut segments = path.split('/').skip(1);
+        for expected in &self.pattern {
+            let seg = segments.next()?;
+            match expected {
+                Segment::Literal(lit) => {
+                    if seg != lit {
+                        return None;
+                    }
+                }
+                Segment::Param(name) => {
+                    if seg.is_empty() {
+                        return None;
+                    }
+                    let value = percent_decode_str(seg).decode_utf8().ok()?;
+                    params.insert(name.clone(), value.into_owned());
+                }
+            }
+        }
+        segments.next().is_none().then_some(params)
+    }
+
+    /// The record key for a request.
+    pub fn key(&self, correlation_id: &str, params: &Params) -> String {
+        let mut key = String::new();
+        for part in &self.key {
+            match part {
+                KeyPart::Literal(s) => key.push_str(s),
+                KeyPart::CorrelationId => key.push_str(correlation_id),
+                KeyPart::Param(name) => key.push_str(params.get(name).map_or("", String::as_str)),
+            }
+        }
+        key
+    }
+}
+
+fn parse_key(template: &str, names: &HashSet<String>) -> Result<Vec<KeyPart>, String> {
+    let mut parts = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            parts.push(KeyPart::Literal(rest[..open].to_owned()));
+        }
+        let close = rest[open..].find('}').ok_or("unclosed {")? + open;
+        let name = &rest[open + 1..close];
+        parts.push(match name {
+            "correlation_id" => KeyPart::CorrelationId,
+            _ => match name.strip_prefix("param.") {
+                Some(p) if names.contains(p) => KeyPart::Param(p.to_owned()),
+                _ => return Err(format!("unknown placeholder {{{name}}}: use {{correlation_id}} or {{param.<name>}} of the path")),
+            },
+        });
+        rest = &rest[close + 1..];
+    }
+    if rest.contains('}') {
+        return Err("unmatched }".into());
+    }
+    if !rest.is_empty() {
+        parts.push(KeyPart::Literal(rest.to_owned()));
+    }
+    if parts.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(parts)
+}
+
+/// The outcome of matching a request against the table.
+#[derive(Debug)]
+pub enum Match<'a> {
+    /// A route matched.
+    Found(&'a Route, Params),
+    /// The path matched routes of other methods.
+    MethodNotAllowed(Vec<Method>),
+    /// Nothing matched.
+    NotFound,
+}
+
+/// All routes, matched in configuration order.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    /// Validates the configured routes.
+    ///
+    /// # Errors
+    /// [`InvalidSetting`] naming the first bad route field.
+    pub fn new(configs: &[RouteConfig]) -> Result<Self, InvalidSetting> {
+        let routes = configs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Route::from_config(i, c))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { routes })
+    }
+
+    /// The routes.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// Finds the route for `method` and `path`.
+    pub fn find(&self, method: &Method, path: &str) -> Match<'_> {
+        let mut allowed = Vec::new();
+        for route in &self.routes {
+            if let Some(params) = route.matches(path) {
+                if route.method == method {
+                    return Match::Found(route, params);
+                }
+                allowed.push(route.method.clone());
+            }
+        }
+        if allowed.is_empty() {
+            Match::NotFound
+        } else {
+            Match::MethodNotAllowed(allowed)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(method: &str, path: &str, key: &str) -> RouteConfig {
+        RouteConfig {
+            name: None,
+            method: method.into(),
+            path: path.into(),
+            topic: "t".into(),
+            key: key.into(),
+            timeout: Duration::from_secs(1),
+            body_limit: 10,
+            forward_headers: vec!["X-Request-Id".into()],
+            reply_headers: None,
+        }
+    }
+
+    #[test]
+    fn matches_literals_and_params() {
+        let table = RouteTable::new(&[
+            config("POST", "/accounts/{account}/transfers", "{param.account}"),
+            config("GET", "/accounts/{account}/transfers", "{correlation_id}"),
+        ])
+        .unwrap();
+        let Match::Found(route, params) = table.find(&Method::POST, "/accounts/a%20b/transfers")
+        else {
+            panic!("no match")
+        };
+        assert_eq!(params["account"], "a b");
+        assert_eq!(route.key("cid", &params), "a b");
+        assert!(
+            matches!(table.find(&Method::GET, "/accounts/x/transfers"), Match::Found(r, _) if r.method == Method::GET)
+        );
+        assert!(
+            matches!(table.find(&Method::DELETE, "/accounts/x/transfers"), Match::MethodNotAllowed(m) if m.len() == 2)
+        );
+        assert!(matches!(
+            table.find(&Method::POST, "/accounts//transfers"),
+            Match::NotFound
+        ));
+        assert!(matches!(
+            table.find(&Method::POST, "/accounts/x/transfers/more"),
+            Match::NotFound
+        ));
+        assert!(matches!(
+            table.find(&Method::POST, "/accounts/x"),
+            Match::NotFound
+        ));
+    }
+
+    #[test]
+    fn key_templates() {
+        let table = RouteTable::new(&[config(
+            "POST",
+            "/o/{id}",
+            "order-{param.id}/{correlation_id}",
+        )])
+        .unwrap();
+        let Match::Found(route, params) = table.find(&Method::POST, "/o/7") else {
+            panic!("no match")
+        };
+        assert_eq!(route.key("c", &params), "order-7/c");
+        assert_eq!(route.forward_headers[0].as_str(), "x-request-id");
+    }
+
+    #[test]
+    fn bad_routes_are_named() {
+        let cases = [
+            (config("POST", "/o/{id}", "{param.nope}"), "routes[0].key"),
+            (config("POST", "/o/{id}", "{x"), "routes[0].key"),
+            (config("POST", "o", "{correlation_id}"), "routes[0].path"),
+            (
+                config("POST", "/o/a{id}", "{correlation_id}"),
+                "routes[0].path",
+            ),
+            (
+                config("POST", "/v1/replies", "{correlation_id}"),
+                "routes[0].path",
+            ),
+            (
+                config("PO ST", "/o", "{correlation_id}"),
+                "routes[0].method",
+            ),
+            (
+                RouteConfig {
+                    topic: "a/b".into(),
+                    ..config("POST", "/o", "{correlation_id}")
+                },
+                "routes[0].topic",
+            ),
+        ];
+        for (c, field) in cases {
+            assert_eq!(RouteTable::new(&[c]).unwrap_err().setting, field);
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The router alone, driven with `oneshot`: everything the gateway decides
+//! before it needs Redis or Kafka, and its answer when Redis is unreachable.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use replyway_gateway::routes::RouteConfig;
+use replyway_gateway::{AppState, Settings, router};
+
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn app() -> axum::Router {
+    let mut settings = Settings::default();
+    settings.redis.url = format!("redis://127.0.0.1:{}", closed_port());
+    settings.redis.timeout = Duration::from_millis(500);
+    settings.kafka.brokers = format!("127.0.0.1:{}", closed_port());
+    settings.routes = vec![RouteConfig {
+        name: None,
+        method: "POST".into(),
+        path: "/orders/{id}".into(),
+        topic: "orders".into(),
+        key: "{param.id}".into(),
+        timeout: Duration::from_secs(1),
+        body_limit: 8,
+        forward_headers: vec![],
+        reply_headers: None,
+    }];
+    router(AppState::new(settings, CancellationToken::new()).unwrap())
+}
+
+async fn call(request: Request<Body>) -> (StatusCode, String, serde_json::Value) {
+    let response = app().oneshot(request).await.unwrap();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        content_type,
+        serde_json::from_slice(&bytes).unwrap_or_default(),
+    )
+}
+
+#[tokio::test]
+async fn unknown_route_is_a_404_problem() {
+    let (status, ct, body) = call(Request::post("/nope").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(ct, "application/problem+json");
+    assert_eq!(body["status"], 404);
+    assert_eq!(body["type"], "urn:replyway:problem:no-route");
+}
+
+#[tokio::test]
+async fn wrong_method_is_a_405() {
+    let (status, _, _) = call(Request::get("/orders/1").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn body_over_the_limit_is_a_413() {
+    let (status, ct, _) = call(
+        Request::post("/orders/1")
+            .body(Body::from("123456789"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(ct, "application/problem+json");
+}
+
+#[tokio::test]
+async fn malformed_reply_id_is_a_400() {
+    let (status, _, _) = call(
+        Request::get("/v1/replies/a%7Bb%7D")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn unreachable_redis_is_a_503_with_retry_after() {
+    let response = app()
+        .oneshot(Request::post("/orders/1").body(Body::from("ok")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "1");
+}
+
+#[tokio::test]
+async fn healthz_answers() {
+    let response = app()
+        .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[test]
+fn invalid_settings_name_the_setting() {
+    let mut settings = Settings::default();
+    settings.routes = vec![RouteConfig {
+        name: None,
+        method: "POST".into(),
+        path: "/x".into(),
+        topic: "t".into(),
+        key: "{correlation_id}".into(),
+        timeout: Duration::from_secs(3600),
+        body_limit: 8,
+        forward_headers: vec![],
+        reply_headers: None,
+    }];
+    assert_eq!(
+        settings.validate().unwrap_err().setting,
+        "routes[0].timeout"
+    );
+}

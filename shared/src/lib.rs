@@ -1,0 +1,24 @@
+//! Replyway's shared library: the contracts every side agrees on and the client
+//! pieces that backend services use.
+//!
+//! * [`record`] — the Kafka record contract (header names, request and reply
+//!   records) that the gateway, the collector and every backend service speak;
+//! * [`store`] — the Redis contract (key names, the stored reply format, the
+//!   collector's store-and-notify script);
+//! * [`settings`] — configuration types and the layered loader shared by the
+//!   binaries;
+//! * [`responder`] — a consumer of commands that replies with the correlation
+//!   kept, for backend services written in Rust;
+//! * [`shutdown`] — SIGINT/SIGTERM handling for the binaries;
+//! * [`telemetry`] — logging set-up shared by the binaries.
+#![warn(missing_docs)]
+
+pub mod record;
+pub mod responder;
+pub mod settings;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+
+pub use record::{Reply, Request};
+pub use responder::Responder;

@@ -1,0 +1,537 @@
+//! The record contract: what a request record and a reply record carry on Kafka.
+//!
+//! This module is the single place where header names live. Backend services in
+//! other languages implement the same contract from the README's tables.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+
+/// Header names of the record contract.
+pub mod header {
+    /// Opaque id of one request, echoed by its reply.
+    pub const CORRELATION_ID: &str = "correlation-id";
+    /// Topic the reply must be produced to.
+    pub const REPLY_TO: &str = "reply-to";
+    /// Unix milliseconds after which nobody waits for the reply.
+    pub const DEADLINE: &str = "deadline";
+    /// Media type of the record's value.
+    pub const CONTENT_TYPE: &str = "content-type";
+    /// Decimal HTTP status of a reply (default 200).
+    pub const STATUS: &str = "status";
+    /// HTTP method of the originating request.
+    pub const HTTP_METHOD: &str = "http-method";
+    /// HTTP path of the originating request.
+    pub const HTTP_PATH: &str = "http-path";
+    /// W3C trace context.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// W3C trace state.
+    pub const TRACESTATE: &str = "tracestate";
+    /// Prefix of a path parameter's header (`param-<name>`).
+    pub const PARAM_PREFIX: &str = "param-";
+    /// Prefix of a forwarded request header or a reply header (`header-<name>`).
+    pub const HEADER_PREFIX: &str = "header-";
+}
+
+/// Longest correlation id accepted anywhere (bytes).
+pub const MAX_CORRELATION_ID_LEN: usize = 128;
+
+/// Whether `id` is a usable correlation id: 1 to 128 characters from
+/// `A-Z a-z 0-9 . _ : -`. The gateway issues UUIDs; the bound keeps foreign ids
+/// from breaking Redis key names (no `{`, `}` or whitespace) or growing without limit.
+pub fn is_valid_correlation_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_CORRELATION_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// A fresh correlation id: a random (v4) UUID, 122 bits of randomness.
+pub fn new_correlation_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Current time as unix milliseconds.
+pub fn unix_millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A reply: what a backend service answers and what the gateway turns into an
+/// HTTP response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// HTTP status, 200–599.
+    pub status: u16,
+    /// Media type of `body`.
+    pub content_type: Option<String>,
+    /// Headers passed to the HTTP response (`header-<name>` on the record).
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// A reply with `status` and an empty body.
+    pub fn new(status: u16) -> Self {
+        Self {
+            status,
+            content_type: None,
+            headers: Vec::new(),
+            body: Bytes::new(),
+        }
+    }
+
+    /// A reply with `status` and a body of the given media type.
+    pub fn with_body(status: u16, content_type: impl Into<String>, body: impl Into<Bytes>) -> Self {
+        Self {
+            status,
+            content_type: Some(content_type.into()),
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
+    /// An RFC 9457 problem reply, as the Responder sends when a handler fails.
+    pub fn problem(status: u16, title: &str, detail: &str) -> Self {
+        let body = serde_json::json!({ "type": "about:blank", "title": title, "status": status, "detail": detail });
+        Self::with_body(status, "application/problem+json", body.to_string())
+    }
+
+    /// Adds a header that the gateway passes on to the HTTP response.
+    #[must_use]
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// The Kafka headers of this reply's record.
+    pub fn record_headers(&self, correlation_id: &str) -> OwnedHeaders {
+        let status = self.status.to_string();
+        let mut headers = OwnedHeaders::new_with_capacity(3 + self.headers.len())
+            .insert(Header {
+                key: header::CORRELATION_ID,
+                value: Some(correlation_id),
+            })
+            .insert(Header {
+                key: header::STATUS,
+                value: Some(&status),
+            });
+        if let Some(ct) = &self.content_type {
+            headers = headers.insert(Header {
+                key: header::CONTENT_TYPE,
+                value: Some(ct),
+            });
+        }
+        for (name, value) in &self.headers {
+            let key = format!("{}{}", header::HEADER_PREFIX, name.to_ascii_lowercase());
+            headers = headers.insert(Header {
+                key: &key,
+                value: Some(value),
+            });
+        }
+        headers
+    }
+}
+
+/// Why a reply record cannot be delivered.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReplyError {
+    /// Neither a `correlation-id` header nor a key.
+    #[error("no correlation id (neither a correlation-id header nor a key)")]
+    MissingCorrelationId,
+    /// The correlation id is not 1–128 characters of `A-Za-z0-9._:-`.
+    #[error("correlation id is not 1-128 characters of [A-Za-z0-9._:-]")]
+    InvalidCorrelationId,
+    /// The `status` header is not a decimal HTTP status 200–599.
+    #[error("status {0:?} is not a decimal HTTP status 200-599")]
+    BadStatus(String),
+    /// A header that must be UTF-8 is not.
+    #[error("header {0} is not UTF-8")]
+    NotUtf8(String),
+    /// The value is larger than the configured bound.
+    #[error("value of {0} bytes is over the limit of {1} bytes")]
+    TooLarge(usize, usize),
+}
+
+impl ReplyError {
+    /// A short, fixed label for counting (never holds record data).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::MissingCorrelationId => "missing_correlation_id",
+            Self::InvalidCorrelationId => "invalid_correlation_id",
+            Self::BadStatus(_) => "bad_status",
+            Self::NotUtf8(_) => "not_utf8",
+            Self::TooLarge(..) => "too_large",
+        }
+    }
+}
+
+fn utf8<'a>(name: &str, value: &'a [u8]) -> Result<&'a str, ReplyError> {
+    std::str::from_utf8(value).map_err(|_| ReplyError::NotUtf8(name.to_owned()))
+}
+
+/// Parses a reply record from its parts: key, headers and value.
+///
+/// The correlation id comes from the `correlation-id` header, else from the key.
+///
+/// # Errors
+/// A [`ReplyError`] saying why the record cannot be delivered.
+pub fn parse_reply<'a>(
+    key: Option<&[u8]>,
+    headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+    value: Option<&[u8]>,
+    max_value: usize,
+) -> Result<(String, Reply), ReplyError> {
+    let mut id = None;
+    let mut reply = Reply::new(200);
+    for (name, value) in headers {
+        let Some(value) = value else { continue };
+        match name {
+            header::CORRELATION_ID => id = Some(utf8(name, value)?.to_owned()),
+            header::STATUS => {
+                let text = String::from_utf8_lossy(value);
+                reply.status = text
+                    .trim()
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|s| (200..=599).contains(s))
+                    .ok_or_else(|| ReplyError::BadStatus(text.chars().take(32).collect()))?;
+            }
+            header::CONTENT_TYPE => reply.content_type = Some(utf8(name, value)?.to_owned()),
+            _ => {
+                if let Some(h) = name.strip_prefix(header::HEADER_PREFIX) {
+                    reply
+                        .headers
+                        .push((h.to_owned(), utf8(name, value)?.to_owned()));
+                }
+            }
+        }
+    }
+    let id = match (id, key) {
+        (Some(id), _) => id,
+        (None, Some(key)) if !key.is_empty() => utf8("key", key)?.to_owned(),
+        _ => return Err(ReplyError::MissingCorrelationId),
+    };
+    if !is_valid_correlation_id(&id) {
+        return Err(ReplyError::InvalidCorrelationId);
+    }
+    let value = value.unwrap_or_default();
+    if value.len() > max_value {
+        return Err(ReplyError::TooLarge(value.len(), max_value));
+    }
+    reply.body = Bytes::copy_from_slice(value);
+    Ok((id, reply))
+}
+
+/// Parses a reply from a Kafka message (see [`parse_reply`]).
+///
+/// # Errors
+/// A [`ReplyError`] saying why the record cannot be delivered.
+pub fn reply_from_message<M: Message>(
+    message: &M,
+    max_value: usize,
+) -> Result<(String, Reply), ReplyError> {
+    let headers = message
+        .headers()
+        .into_iter()
+        .flat_map(|h| h.iter())
+        .map(|h| (h.key, h.value));
+    parse_reply(message.key(), headers, message.payload(), max_value)
+}
+
+/// A command as a backend service receives it.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// The id the reply must carry.
+    pub correlation_id: String,
+    /// The topic the reply must go to.
+    pub reply_to: String,
+    /// Unix milliseconds after which nobody waits for the reply.
+    pub deadline: Option<u64>,
+    /// Media type of `body`.
+    pub content_type: Option<String>,
+    /// HTTP method of the originating request, if it came through the gateway.
+    pub method: Option<String>,
+    /// HTTP path of the originating request.
+    pub path: Option<String>,
+    /// Path parameters by name.
+    pub params: BTreeMap<String, String>,
+    /// Forwarded request headers by lower-case name.
+    pub headers: BTreeMap<String, String>,
+    /// W3C `traceparent` of the originating request.
+    pub traceparent: Option<String>,
+    /// The record's key.
+    pub key: Option<Bytes>,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// Why a request record cannot be served.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RequestError {
+    /// A header the contract requires is missing.
+    #[error("missing header {0}")]
+    Missing(&'static str),
+    /// A header is not UTF-8 or not of its type.
+    #[error("header {0} is malformed")]
+    Malformed(String),
+}
+
+impl Request {
+    /// A request record for `reply_to`, with a fresh correlation id.
+    pub fn new(reply_to: impl Into<String>, body: impl Into<Bytes>) -> Self {
+        Self {
+            correlation_id: new_correlation_id(),
+            reply_to: reply_to.into(),
+            body: body.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Whether the deadline has passed at `now`.
+    pub fn is_expired(&self, now: SystemTime) -> bool {
+        self.deadline.is_some_and(|d| unix_millis(now) > d)
+    }
+
+    /// Sets the deadline `timeout` from now.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.deadline = Some(unix_millis(SystemTime::now() + timeout));
+    }
+
+    /// The Kafka headers of this request's record.
+    pub fn record_headers(&self) -> OwnedHeaders {
+        let mut h = OwnedHeaders::new_with_capacity(8 + self.params.len() + self.headers.len())
+            .insert(Header {
+                key: header::CORRELATION_ID,
+                value: Some(&self.correlation_id),
+            })
+            .insert(Header {
+                key: header::REPLY_TO,
+                value: Some(&self.reply_to),
+            });
+        if let Some(deadline) = self.deadline {
+            h = h.insert(Header {
+                key: header::DEADLINE,
+                value: Some(&deadline.to_string()),
+            });
+        }
+        let optional = [
+            (header::CONTENT_TYPE, &self.content_type),
+            (header::HTTP_METHOD, &self.method),
+            (header::HTTP_PATH, &self.path),
+            (header::TRACEPARENT, &self.traceparent),
+        ];
+        for (key, value) in optional {
+            if let Some(value) = value {
+                h = h.insert(Header {
+                    key,
+                    value: Some(value),
+                });
+            }
+        }
+        for (prefix, map) in [
+            (header::PARAM_PREFIX, &self.params),
+            (header::HEADER_PREFIX, &self.headers),
+        ] {
+            for (name, value) in map {
+                let key = format!("{prefix}{name}");
+                h = h.insert(Header {
+                    key: &key,
+                    value: Some(value),
+                });
+            }
+        }
+        h
+    }
+
+    /// Parses a request record from its parts.
+    ///
+    /// # Errors
+    /// [`RequestError`] when `correlation-id` or `reply-to` is missing or a header
+    /// is malformed.
+    pub fn parse<'a>(
+        key: Option<&[u8]>,
+        headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+        value: Option<&[u8]>,
+    ) -> Result<Self, RequestError> {
+        let mut request = Self::default();
+        let text = |name: &str, v: &[u8]| {
+            std::str::from_utf8(v)
+                .map(str::to_owned)
+                .map_err(|_| RequestError::Malformed(name.to_owned()))
+        };
+        for (name, value) in headers {
+            let Some(value) = value else { continue };
+            match name {
+                header::CORRELATION_ID => request.correlation_id = text(name, value)?,
+                header::REPLY_TO => request.reply_to = text(name, value)?,
+                header::DEADLINE => {
+                    let d = text(name, value)?;
+                    request.deadline = Some(
+                        d.trim()
+                            .parse()
+                            .map_err(|_| RequestError::Malformed(name.to_owned()))?,
+                    );
+                }
+                header::CONTENT_TYPE => request.content_type = Some(text(name, value)?),
+                header::HTTP_METHOD => request.method = Some(text(name, value)?),
+                header::HTTP_PATH => request.path = Some(text(name, value)?),
+                header::TRACEPARENT => request.traceparent = Some(text(name, value)?),
+                _ => {
+                    if let Some(p) = name.strip_prefix(header::PARAM_PREFIX) {
+                        request.params.insert(p.to_owned(), text(name, value)?);
+                    } else if let Some(h) = name.strip_prefix(header::HEADER_PREFIX) {
+                        request.headers.insert(h.to_owned(), text(name, value)?);
+                    }
+                }
+            }
+        }
+        if request.correlation_id.is_empty() {
+            return Err(RequestError::Missing(header::CORRELATION_ID));
+        }
+        if request.reply_to.is_empty() {
+            return Err(RequestError::Missing(header::REPLY_TO));
+        }
+        request.key = key.map(Bytes::copy_from_slice);
+        request.body = value.map(Bytes::copy_from_slice).unwrap_or_default();
+        Ok(request)
+    }
+
+    /// Parses a request from a Kafka message (see [`Request::parse`]).
+    ///
+    /// # Errors
+    /// As [`Request::parse`].
+    pub fn from_message<M: Message>(message: &M) -> Result<Self, RequestError> {
+        let headers = message
+            .headers()
+            .into_iter()
+            .flat_map(|h| h.iter())
+            .map(|h| (h.key, h.value));
+        Self::parse(message.key(), headers, message.payload())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h<'a>(pairs: &'a [(&'a str, &'a str)]) -> Vec<(&'a str, Option<&'a [u8]>)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (*k, Some(v.as_bytes())))
+            .collect()
+    }
+
+    #[test]
+    fn reply_takes_id_from_header_then_key() {
+        let (id, reply) = parse_reply(
+            Some(b"from-key"),
+            h(&[("correlation-id", "abc")]),
+            Some(b"x"),
+            10,
+        )
+        .unwrap();
+        assert_eq!(id, "abc");
+        assert_eq!(reply.status, 200);
+        assert_eq!(&reply.body[..], b"x");
+        let (id, _) = parse_reply(Some(b"from-key"), h(&[]), None, 10).unwrap();
+        assert_eq!(id, "from-key");
+    }
+
+    #[test]
+    fn reply_maps_status_content_type_and_headers() {
+        let headers = h(&[
+            ("correlation-id", "a"),
+            ("status", "409"),
+            ("content-type", "application/json"),
+            ("header-etag", "\"1\""),
+            ("other", "ignored"),
+        ]);
+        let (_, reply) = parse_reply(None, headers, Some(b"{}"), 10).unwrap();
+        assert_eq!(reply.status, 409);
+        assert_eq!(reply.content_type.as_deref(), Some("application/json"));
+        assert_eq!(reply.headers, vec![("etag".to_owned(), "\"1\"".to_owned())]);
+    }
+
+    #[test]
+    fn malformed_replies_say_why() {
+        assert_eq!(
+            parse_reply(None, h(&[]), None, 10),
+            Err(ReplyError::MissingCorrelationId)
+        );
+        assert_eq!(
+            parse_reply(Some(b""), h(&[]), None, 10),
+            Err(ReplyError::MissingCorrelationId)
+        );
+        assert_eq!(
+            parse_reply(None, h(&[("correlation-id", "a{b}")]), None, 10),
+            Err(ReplyError::InvalidCorrelationId)
+        );
+        for status in ["abc", "99", "600", "", "2000"] {
+            let r = parse_reply(
+                None,
+                h(&[("correlation-id", "a"), ("status", status)]),
+                None,
+                10,
+            );
+            assert!(
+                matches!(r, Err(ReplyError::BadStatus(_))),
+                "{status}: {r:?}"
+            );
+        }
+        assert_eq!(
+            parse_reply(None, h(&[("correlation-id", "a")]), Some(&[0; 11]), 10),
+            Err(ReplyError::TooLarge(11, 10))
+        );
+    }
+
+    #[test]
+    fn correlation_ids_are_bounded() {
+        assert!(is_valid_correlation_id(&new_correlation_id()));
+        assert!(is_valid_correlation_id(&"a".repeat(128)));
+        assert!(!is_valid_correlation_id(&"a".repeat(129)));
+        assert!(!is_valid_correlation_id("a b"));
+        assert!(!is_valid_correlation_id(""));
+    }
+
+    #[test]
+    fn request_round_trips_through_headers() {
+        let mut request = Request::new("replies", "body");
+        request.deadline = Some(42);
+        request.method = Some("POST".into());
+        request.path = Some("/orders/7".into());
+        request.params.insert("id".into(), "7".into());
+        request.headers.insert("x-request-id".into(), "r1".into());
+        let headers = request.record_headers();
+        let pairs: Vec<_> = headers.iter().map(|h| (h.key, h.value)).collect();
+        let parsed = Request::parse(Some(b"k"), pairs, Some(b"body")).unwrap();
+        assert_eq!(parsed.correlation_id, request.correlation_id);
+        assert_eq!(parsed.reply_to, "replies");
+        assert_eq!(parsed.deadline, Some(42));
+        assert_eq!(parsed.params["id"], "7");
+        assert_eq!(parsed.headers["x-request-id"], "r1");
+        assert_eq!(&parsed.body[..], b"body");
+        assert!(parsed.is_expired(SystemTime::now()));
+    }
+
+    #[test]
+    fn request_without_reply_to_is_rejected() {
+        let r = Request::parse(None, h(&[("correlation-id", "a")]), None);
+        assert_eq!(r.unwrap_err(), RequestError::Missing("reply-to"));
+    }
+
+    #[test]
+    fn reply_headers_round_trip() {
+        let reply = Reply::with_body(201, "text/plain", "hi").header("ETag", "1");
+        let headers = reply.record_headers("id-1");
+        let pairs: Vec<_> = headers.iter().map(|h| (h.key, h.value)).collect();
+        let (id, parsed) = parse_reply(None, pairs, Some(b"hi"), 10).unwrap();
+        assert_eq!(id, "id-1");
+        assert_eq!(parsed.status, 201);
+        assert_eq!(parsed.headers, vec![("etag".to_owned(), "1".to_owned())]);
+    }
+}

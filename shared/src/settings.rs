@@ -1,0 +1,325 @@
+//! Settings shared by the binaries, and the layered loader: built-in defaults,
+//! then an optional TOML file, then `REPLYWAY_…` environment variables (nested
+//! keys joined by `__`, e.g. `REPLYWAY_REDIS__URL`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use rdkafka::ClientConfig;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every environment variable that configures Replyway.
+pub const ENV_PREFIX: &str = "REPLYWAY_";
+
+/// Loads settings: `defaults`, then `file` (if given), then the environment.
+///
+/// # Errors
+/// A [`figment::Error`] naming the setting that is missing or malformed.
+pub fn load<T: Serialize + DeserializeOwned>(
+    defaults: &T,
+    file: Option<&Path>,
+) -> Result<T, Box<figment::Error>> {
+    let mut figment = Figment::from(Serialized::defaults(defaults));
+    if let Some(file) = file {
+        figment = figment.merge(Toml::file_exact(file));
+    }
+    figment
+        .merge(Env::prefixed(ENV_PREFIX).split("__"))
+        .extract()
+        .map_err(Box::new)
+}
+
+/// How to reach Redis and how long its records live.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSettings {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://…` for TLS.
+    pub url: String,
+    /// Prefix of every key and channel, so deployments can share a Redis.
+    pub prefix: String,
+    /// How long replies and pending records are kept (longer than anyone waits).
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Bound on every Redis operation.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Connections in the pool.
+    pub pool_size: usize,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            prefix: "replyway".into(),
+            ttl: Duration::from_secs(600),
+            timeout: Duration::from_secs(2),
+            pool_size: 16,
+        }
+    }
+}
+
+/// A setting that is out of bounds.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {setting}: {reason}")]
+pub struct InvalidSetting {
+    /// The setting's path, e.g. `redis.prefix`.
+    pub setting: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl InvalidSetting {
+    /// A new error for `setting`.
+    pub fn new(setting: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            setting: setting.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl RedisSettings {
+    /// Checks the bounds.
+    ///
+    /// # Errors
+    /// [`InvalidSetting`] naming the first bad setting.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        if !self.url.starts_with("redis://")
+            && !self.url.starts_with("rediss://")
+            && !self.url.starts_with("redis+unix://")
+        {
+            return Err(InvalidSetting::new(
+                "redis.url",
+                "must start with redis://, rediss:// or redis+unix://",
+            ));
+        }
+        if self.prefix.is_empty()
+            || !self
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
+        {
+            return Err(InvalidSetting::new(
+                "redis.prefix",
+                "must be non-empty [A-Za-z0-9._:-]",
+            ));
+        }
+        if self.ttl < Duration::from_secs(1) {
+            return Err(InvalidSetting::new("redis.ttl", "must be at least 1s"));
+        }
+        if self.timeout.is_zero() {
+            return Err(InvalidSetting::new("redis.timeout", "must be more than 0"));
+        }
+        if self.pool_size == 0 {
+            return Err(InvalidSetting::new("redis.pool_size", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// A connection pool; connections are made lazily, so Redis need not be up yet.
+    ///
+    /// # Errors
+    /// [`InvalidSetting`] when the URL cannot be used.
+    pub fn pool(&self) -> Result<deadpool_redis::Pool, InvalidSetting> {
+        let mut config = deadpool_redis::Config::from_url(self.url.clone());
+        let mut pool = deadpool_redis::PoolConfig::new(self.pool_size);
+        pool.timeouts.wait = Some(self.timeout);
+        pool.timeouts.create = Some(self.timeout);
+        pool.timeouts.recycle = Some(self.timeout);
+        config.pool = Some(pool);
+        config
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .map_err(|e| InvalidSetting::new("redis.url", e.to_string()))
+    }
+
+    /// A client for dedicated connections (the gateway's subscription).
+    ///
+    /// # Errors
+    /// [`InvalidSetting`] when the URL cannot be used.
+    pub fn client(&self) -> Result<redis::Client, InvalidSetting> {
+        redis::Client::open(self.url.as_str())
+            .map_err(|e| InvalidSetting::new("redis.url", e.to_string()))
+    }
+
+    /// The URL with any password hidden, for logs.
+    pub fn redacted_url(&self) -> String {
+        match (self.url.find("://"), self.url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}://***{}", &self.url[..scheme], &self.url[at..])
+            }
+            _ => self.url.clone(),
+        }
+    }
+}
+
+/// How to reach Kafka. Any librdkafka property can be set for the producer and the
+/// consumer (TLS, SASL, `linger.ms`, `fetch.wait.max.ms`, …); they override the
+/// built-in defaults.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSettings {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// librdkafka properties for every client (producer and consumer).
+    pub common: BTreeMap<String, String>,
+    /// librdkafka properties for the producer.
+    pub producer: BTreeMap<String, String>,
+    /// librdkafka properties for the consumer.
+    pub consumer: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            common: BTreeMap::new(),
+            producer: BTreeMap::new(),
+            consumer: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaSettings {
+    fn base(&self, defaults: &[(&str, &str)], specific: &BTreeMap<String, String>) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (k, v) in defaults {
+            config.set(*k, *v);
+        }
+        for (k, v) in self.common.iter().chain(specific) {
+            config.set(k, v);
+        }
+        config
+    }
+
+    /// Producer configuration: idempotent, no linger (latency first), bounded
+    /// delivery time so an unreachable broker fails a request fast.
+    pub fn producer_config(&self) -> ClientConfig {
+        self.base(
+            &[
+                ("enable.idempotence", "true"),
+                ("linger.ms", "0"),
+                ("message.timeout.ms", "5000"),
+                ("socket.keepalive.enable", "true"),
+            ],
+            &self.producer,
+        )
+    }
+
+    /// Consumer configuration for `group`: offsets stored by the application only
+    /// after a record's effect is durable, then committed in the background.
+    pub fn consumer_config(&self, group: &str) -> ClientConfig {
+        let mut config = self.base(
+            &[
+                ("enable.auto.commit", "true"),
+                ("auto.commit.interval.ms", "1000"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("enable.partition.eof", "false"),
+                ("session.timeout.ms", "10000"),
+            ],
+            &self.consumer,
+        );
+        config.set("group.id", group);
+        config
+    }
+
+    /// Checks that the settings name a broker.
+    ///
+    /// # Errors
+    /// [`InvalidSetting`] naming the bad setting.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        if self.brokers.trim().is_empty() {
+            return Err(InvalidSetting::new(
+                "kafka.brokers",
+                "must name at least one broker",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `topic` is a legal Kafka topic name.
+pub fn is_valid_topic(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `tracing` filter, e.g. `info` or `replyway_gateway=debug,info`; `RUST_LOG` wins.
+    pub filter: String,
+    /// One JSON object per line instead of text.
+    pub json: bool,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            filter: "info".into(),
+            json: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_password_is_hidden() {
+        let s = RedisSettings {
+            url: "redis://user:secret@host:6379/0".into(),
+            ..RedisSettings::default()
+        };
+        assert_eq!(s.redacted_url(), "redis://***@host:6379/0");
+        assert!(!s.redacted_url().contains("secret"));
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let s = RedisSettings {
+            prefix: "a b".into(),
+            ..RedisSettings::default()
+        };
+        assert_eq!(s.validate().unwrap_err().setting, "redis.prefix");
+        let s = RedisSettings {
+            url: "http://x".into(),
+            ..RedisSettings::default()
+        };
+        assert_eq!(s.validate().unwrap_err().setting, "redis.url");
+    }
+
+    #[test]
+    fn user_properties_override_defaults() {
+        let mut k = KafkaSettings::default();
+        k.consumer.insert("fetch.wait.max.ms".into(), "1".into());
+        k.consumer
+            .insert("auto.offset.reset".into(), "latest".into());
+        let c = k.consumer_config("g");
+        assert_eq!(c.get("fetch.wait.max.ms"), Some("1"));
+        assert_eq!(c.get("auto.offset.reset"), Some("latest"));
+        assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(c.get("group.id"), Some("g"));
+    }
+
+    #[test]
+    fn topic_names() {
+        assert!(is_valid_topic("echo.requests"));
+        assert!(!is_valid_topic("a/b"));
+        assert!(!is_valid_topic(".."));
+        assert!(!is_valid_topic(&"a".repeat(250)));
+    }
+}

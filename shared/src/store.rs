@@ -1,0 +1,455 @@
+//! The Redis contract: key names, the stored reply format, and the operations the
+//! gateway and the collector perform on them.
+//!
+//! Keys carry a configurable prefix and a `{correlation-id}` hash tag, so that one
+//! request's keys share a Redis Cluster slot:
+//!
+//! | key | type | written by | content |
+//! |---|---|---|---|
+//! | `<prefix>:{<id>}:pending` | hash | gateway | `route`, `created` (unix ms) |
+//! | `<prefix>:{<id>}:waiters` | set | gateway | ids of the nodes waiting for the reply |
+//! | `<prefix>:{<id>}:reply` | string | collector | the stored reply (see [`encode_reply`]) |
+//! | channel `<prefix>:node:<node-id>` | pub/sub | collector | `<id>\n<stored reply>` |
+//!
+//! The collector stores a reply and notifies the waiting nodes in one script
+//! ([`STORE_REPLY_LUA`]), which reads the waiters set atomically with its write: a
+//! node that joined the set before the write hears of it; a node that joins after
+//! it finds the reply when it reads the key. So a reply is read or heard, never
+//! missed.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use deadpool_redis::Pool;
+use serde::{Deserialize, Serialize};
+
+use crate::record::Reply;
+
+/// Key and channel names under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Names under `prefix` (e.g. `replyway`).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The pending record of a request.
+    pub fn pending(&self, id: &str) -> String {
+        format!("{}:{{{id}}}:pending", self.prefix)
+    }
+
+    /// The set of nodes waiting for a reply.
+    pub fn waiters(&self, id: &str) -> String {
+        format!("{}:{{{id}}}:waiters", self.prefix)
+    }
+
+    /// The stored reply.
+    pub fn reply(&self, id: &str) -> String {
+        format!("{}:{{{id}}}:reply", self.prefix)
+    }
+
+    /// Prefix of every node's notification channel.
+    pub fn channel_prefix(&self) -> String {
+        format!("{}:node:", self.prefix)
+    }
+
+    /// A node's notification channel.
+    pub fn channel(&self, node: &str) -> String {
+        format!("{}{node}", self.channel_prefix())
+    }
+}
+
+/// Stores a reply unless one is stored already (the first reply wins) and
+/// publishes it to every waiting node, in one atomic step.
+///
+/// KEYS: reply, waiters. ARGV: stored reply, TTL in ms, channel prefix, id.
+/// Returns 1 when stored, 0 when a reply was stored before.
+pub const STORE_REPLY_LUA: &str = r"
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+local nodes = redis.call('SMEMBERS', KEYS[2])
+if #nodes > 0 then
+  local message = ARGV[4] .. '\n' .. ARGV[1]
+  for _, node in ipairs(nodes) do redis.call('PUBLISH', ARGV[3] .. node, message) end
+end
+return 1
+";
+
+/// Joins a node to the waiters of a pending request, then reads the reply.
+///
+/// KEYS: pending, waiters, reply. ARGV: node id.
+/// Returns `{reply or false, route or false}`; the route is there while the
+/// request's pending record lives. The waiters set expires with the pending record.
+pub const JOIN_AND_READ_LUA: &str = r"
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then
+  redis.call('SADD', KEYS[2], ARGV[1])
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
+return {redis.call('GET', KEYS[3]), redis.call('HGET', KEYS[1], 'route')}
+";
+
+#[derive(Serialize, Deserialize)]
+struct Head<'a> {
+    status: u16,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    content_type: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    headers: Vec<(String, String)>,
+}
+
+/// Encodes a reply for Redis: one line of JSON (status, content type, headers),
+/// a newline, then the body's raw bytes. Readable with `redis-cli`, decodable in
+/// any language.
+pub fn encode_reply(reply: &Reply) -> Vec<u8> {
+    let head = Head {
+        status: reply.status,
+        content_type: reply.content_type.as_deref().map(Into::into),
+        headers: reply.headers.clone(),
+    };
+    let mut out = serde_json::to_vec(&head).unwrap_or_default();
+    out.push(b'\n');
+    out.extend_from_slice(&reply.body);
+    out
+}
+
+/// A stored reply or notification that cannot be decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed stored reply: {0}")]
+pub struct DecodeError(&'static str);
+
+/// Decodes what [`encode_reply`] wrote.
+///
+/// # Errors
+/// [`DecodeError`] when the bytes are not a stored reply.
+pub fn decode_reply(bytes: &[u8]) -> Result<Reply, DecodeError> {
+    let newline = bytes
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or(DecodeError("no head line"))?;
+    let head: Head<'_> =
+        serde_json::from_slice(&bytes[..newline]).map_err(|_| DecodeError("head is not JSON"))?;
+    Ok(Reply {
+        status: head.status,
+        content_type: head.content_type.map(std::borrow::Cow::into_owned),
+        headers: head.headers,
+        body: Bytes::copy_from_slice(&bytes[newline + 1..]),
+    })
+}
+
+/// Splits a notification (`<id>\n<stored reply>`) into the id and the reply.
+///
+/// # Errors
+/// [`DecodeError`] when the payload is not a notification.
+pub fn decode_notification(payload: &[u8]) -> Result<(String, Reply), DecodeError> {
+    let newline = payload
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or(DecodeError("no id line"))?;
+    let id =
+        std::str::from_utf8(&payload[..newline]).map_err(|_| DecodeError("id is not UTF-8"))?;
+    Ok((id.to_owned(), decode_reply(&payload[newline + 1..])?))
+}
+
+/// A Redis operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No connection could be had from the pool.
+    #[error("redis connection: {0}")]
+    Pool(#[from] deadpool_redis::PoolError),
+    /// A command failed.
+    #[error("redis command: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// No answer within the configured timeout.
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Redis holds something that is not a stored reply.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+/// What Redis knows of a correlation id.
+#[derive(Debug)]
+pub enum Lookup {
+    /// The reply is stored; with the request's route while its pending record lives.
+    Reply(Reply, Option<String>),
+    /// The request of this route is pending: no reply yet.
+    Pending(String),
+    /// Never issued, or expired.
+    Unknown,
+}
+
+/// One reply to store, with the Kafka position it came from (for logs).
+#[derive(Debug)]
+pub struct ReplyToStore {
+    /// The correlation id.
+    pub id: String,
+    /// The encoded reply ([`encode_reply`]).
+    pub encoded: Vec<u8>,
+}
+
+/// The Redis operations of the gateway and the collector, over a connection pool.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    keys: Keys,
+    timeout: Duration,
+    ttl: Duration,
+    store_script: redis::Script,
+    join_script: redis::Script,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl Store {
+    /// Operations on `pool` under `keys`; each bounded by `timeout`; records kept for `ttl`.
+    pub fn new(pool: Pool, keys: Keys, timeout: Duration, ttl: Duration) -> Self {
+        Self {
+            pool,
+            keys,
+            timeout,
+            ttl,
+            store_script: redis::Script::new(STORE_REPLY_LUA),
+            join_script: redis::Script::new(JOIN_AND_READ_LUA),
+        }
+    }
+
+    /// The key names.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    async fn bounded<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, StoreError>>,
+    {
+        tokio::time::timeout(self.timeout, op)
+            .await
+            .unwrap_or(Err(StoreError::Timeout(self.timeout)))
+    }
+
+    /// Checks that Redis answers.
+    ///
+    /// # Errors
+    /// [`StoreError`] when it does not.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.bounded(async {
+            let mut conn = self.pool.get().await?;
+            redis::cmd("PING").query_async::<()>(&mut conn).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records a request as pending; with `waiter`, that node waits for the reply.
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis does not acknowledge.
+    pub async fn create_pending(
+        &self,
+        id: &str,
+        route: &str,
+        created_ms: u64,
+        waiter: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let ttl = ttl_ms(self.ttl);
+        let pending = self.keys.pending(id);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset_multiple(
+                &pending,
+                &[("route", route), ("created", &created_ms.to_string())],
+            )
+            .ignore()
+            .pexpire(&pending, i64::try_from(ttl).unwrap_or(i64::MAX))
+            .ignore();
+        if let Some(node) = waiter {
+            let waiters = self.keys.waiters(id);
+            pipe.sadd(&waiters, node)
+                .ignore()
+                .pexpire(&waiters, i64::try_from(ttl).unwrap_or(i64::MAX))
+                .ignore();
+        }
+        self.bounded(async {
+            let mut conn = self.pool.get().await?;
+            pipe.query_async::<()>(&mut conn).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes a pending record whose command could not be produced.
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis does not acknowledge.
+    pub async fn delete_pending(&self, id: &str) -> Result<(), StoreError> {
+        let keys = [self.keys.pending(id), self.keys.waiters(id)];
+        self.bounded(async {
+            let mut conn = self.pool.get().await?;
+            redis::cmd("DEL")
+                .arg(&keys)
+                .query_async::<()>(&mut conn)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Reads what Redis knows of `id`; with `waiter`, that node first joins the
+    /// waiters of a pending request (join, then read: see the module docs).
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis does not answer or holds a malformed reply.
+    pub async fn lookup(&self, id: &str, waiter: Option<&str>) -> Result<Lookup, StoreError> {
+        let (reply, route): (Option<Vec<u8>>, Option<String>) = self
+            .bounded(async {
+                let mut conn = self.pool.get().await?;
+                if let Some(node) = waiter {
+                    let mut invocation = self.join_script.key(self.keys.pending(id));
+                    invocation
+                        .key(self.keys.waiters(id))
+                        .key(self.keys.reply(id))
+                        .arg(node);
+                    Ok(invocation.invoke_async(&mut conn).await?)
+                } else {
+                    let mut pipe = redis::pipe();
+                    pipe.get(self.keys.reply(id))
+                        .hget(self.keys.pending(id), "route");
+                    Ok(pipe.query_async(&mut conn).await?)
+                }
+            })
+            .await?;
+        Ok(match (reply, route) {
+            (Some(bytes), route) => Lookup::Reply(decode_reply(&bytes)?, route),
+            (None, Some(route)) => Lookup::Pending(route),
+            (None, None) => Lookup::Unknown,
+        })
+    }
+
+    /// Reads the stored replies of many ids at once (after a lost subscription).
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis does not answer.
+    pub async fn replies(&self, ids: &[String]) -> Result<Vec<(String, Reply)>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.keys.reply(id)).collect();
+        let values: Vec<Option<Vec<u8>>> = self
+            .bounded(async {
+                let mut conn = self.pool.get().await?;
+                // One MGET per key: the keys of different ids may live in
+                // different cluster slots.
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.get(key);
+                }
+                Ok(pipe.query_async(&mut conn).await?)
+            })
+            .await?;
+        let mut found = Vec::new();
+        for (id, value) in ids.iter().zip(values) {
+            if let Some(bytes) = value {
+                found.push((id.clone(), decode_reply(&bytes)?));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Stores a batch of replies and notifies their waiting nodes: one pipelined
+    /// round trip of [`STORE_REPLY_LUA`] calls. Returns, per reply, whether it was
+    /// stored (`false`: a reply for that id was stored before).
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis does not acknowledge; nothing may be assumed stored.
+    pub async fn store_replies(&self, replies: &[ReplyToStore]) -> Result<Vec<bool>, StoreError> {
+        if replies.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ttl = ttl_ms(self.ttl);
+        let channel_prefix = self.keys.channel_prefix();
+        let build = || {
+            let mut pipe = redis::pipe();
+            for reply in replies {
+                pipe.cmd("EVALSHA")
+                    .arg(self.store_script.get_hash())
+                    .arg(2)
+                    .arg(self.keys.reply(&reply.id))
+                    .arg(self.keys.waiters(&reply.id))
+                    .arg(&reply.encoded)
+                    .arg(ttl)
+                    .arg(&channel_prefix)
+                    .arg(&reply.id);
+            }
+            pipe
+        };
+        self.bounded(async {
+            let mut conn = self.pool.get().await?;
+            let result: Result<Vec<i64>, _> = build().query_async(&mut conn).await;
+            let stored = match result {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    // Redis restarted or flushed its scripts: load and retry once.
+                    self.store_script
+                        .prepare_invoke()
+                        .load_async(&mut conn)
+                        .await?;
+                    build().query_async(&mut conn).await?
+                }
+                other => other?,
+            };
+            Ok(stored.into_iter().map(|n| n == 1).collect())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_a_hash_tag() {
+        let keys = Keys::new("rw");
+        assert_eq!(keys.pending("abc"), "rw:{abc}:pending");
+        assert_eq!(keys.waiters("abc"), "rw:{abc}:waiters");
+        assert_eq!(keys.reply("abc"), "rw:{abc}:reply");
+        assert_eq!(keys.channel("n1"), "rw:node:n1");
+    }
+
+    #[test]
+    fn stored_reply_round_trips_with_binary_body() {
+        let mut reply = Reply::with_body(409, "application/json", vec![0u8, b'\n', 255, b'{']);
+        reply.headers.push(("etag".into(), "\"7\"".into()));
+        let encoded = encode_reply(&reply);
+        assert_eq!(decode_reply(&encoded).unwrap(), reply);
+        let mut notification = b"id-1\n".to_vec();
+        notification.extend_from_slice(&encoded);
+        let (id, decoded) = decode_notification(&notification).unwrap();
+        assert_eq!(id, "id-1");
+        assert_eq!(decoded, reply);
+    }
+
+    #[test]
+    fn garbage_is_not_a_stored_reply() {
+        assert!(decode_reply(b"no newline").is_err());
+        assert!(decode_reply(b"not json\nbody").is_err());
+        assert!(decode_notification(b"only-an-id").is_err());
+    }
+}

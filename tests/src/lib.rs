@@ -1,0 +1,546 @@
+//! Test harness: a real Kafka-protocol broker (tansu) and a real Redis, each
+//! started on free ports by the test that uses them, plus in-process gateways,
+//! a collector and the echo service talking to them over the network.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use replyway_gateway::routes::RouteConfig;
+use replyway_shared::settings::{KafkaSettings, RedisSettings};
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn wait_for_port(port: u16, within: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("nothing listens on port {port} after {within:?}")
+}
+
+/// Logs of the test process, once.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+/// A `redis-server` of the test's own.
+pub struct RedisServer {
+    child: Option<Child>,
+    /// Its port.
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts one on a free port.
+    pub fn start() -> anyhow::Result<Self> {
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir()?,
+        };
+        server.restart()?;
+        Ok(server)
+    }
+
+    /// Starts it (again) on the same port.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server (is it installed?)")?;
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(10))
+    }
+
+    /// Stops it (SIGKILL): its data is gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A client connection.
+    pub async fn connection(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+        Ok(redis::Client::open(self.url())?
+            .get_multiplexed_async_connection()
+            .await?)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The tansu binary: `$TANSU_BIN`, else `tansu` on the PATH, else `~/.cargo/bin/tansu`.
+pub fn tansu_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("TANSU_BIN") {
+        return bin.into();
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join("tansu");
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    home.join(".cargo/bin/tansu")
+}
+
+/// A tansu broker of the test's own, keeping records in memory.
+pub struct Broker {
+    child: Option<Child>,
+    /// Its port.
+    pub port: u16,
+    log: tempfile::NamedTempFile,
+}
+
+impl Broker {
+    /// Starts one on a free port and waits until it answers metadata requests.
+    pub fn start() -> anyhow::Result<Self> {
+        let mut broker = Self {
+            child: None,
+            port: free_port(),
+            log: tempfile::NamedTempFile::new()?,
+        };
+        broker.restart()?;
+        Ok(broker)
+    }
+
+    /// Starts it (again) on the same port; records of a previous run are gone.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(tansu_bin())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(self.log.reopen()?)
+            .spawn()
+            .context("starting tansu (install it: cargo install tansu --version 0.6.0 --locked --features dynostore,libsql)")?;
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(20))
+    }
+
+    /// Stops it (SIGKILL).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Client settings as Replyway's local configuration has them.
+    pub fn kafka_settings(&self) -> KafkaSettings {
+        let mut kafka = KafkaSettings {
+            brokers: self.bootstrap(),
+            ..KafkaSettings::default()
+        };
+        kafka
+            .consumer
+            .insert("fetch.wait.max.ms".into(), "1".into());
+        kafka
+            .producer
+            .insert("message.timeout.ms".into(), "3000".into());
+        kafka
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", self.bootstrap());
+        config
+    }
+
+    /// Creates topics with `partitions` partitions each.
+    pub async fn create_topics(&self, topics: &[&str], partitions: i32) -> anyhow::Result<()> {
+        let admin: AdminClient<DefaultClientContext> = self.client_config().create()?;
+        let new: Vec<NewTopic<'_>> = topics
+            .iter()
+            .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+            .collect();
+        let results = admin
+            .create_topics(
+                &new,
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await
+            .context("creating topics")?;
+        for result in results {
+            if let Err((topic, code)) = result {
+                bail!("creating topic {topic}: {code}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Sum of the high watermarks of a topic's partitions: records ever produced.
+    pub fn record_count(&self, topic: &str) -> anyhow::Result<i64> {
+        let consumer: BaseConsumer = self
+            .client_config()
+            .set("group.id", "replyway-tests-inspector")
+            .create()?;
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+        let partitions = metadata
+            .topics()
+            .first()
+            .map(|t| t.partitions().len())
+            .unwrap_or_default();
+        let mut total = 0;
+        for p in 0..partitions {
+            let (low, high) =
+                consumer.fetch_watermarks(topic, i32::try_from(p)?, Duration::from_secs(5))?;
+            total += high - low;
+        }
+        Ok(total)
+    }
+
+    /// A producer, to play a backend service.
+    pub fn producer(&self) -> anyhow::Result<FutureProducer> {
+        Ok(self.client_config().create()?)
+    }
+
+    /// The broker's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Produces a record with the given headers (a hand-made reply or command).
+pub async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    key: Option<&str>,
+    headers: &[(&str, &str)],
+    value: &[u8],
+) -> anyhow::Result<()> {
+    let mut owned = rdkafka::message::OwnedHeaders::new();
+    for (k, v) in headers {
+        owned = owned.insert(rdkafka::message::Header {
+            key: k,
+            value: Some(*v),
+        });
+    }
+    let mut record = FutureRecord::to(topic).payload(value).headers(owned);
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    producer
+        .send(record, Duration::from_secs(5))
+        .await
+        .map_err(|(e, _)| e)?;
+    Ok(())
+}
+
+/// A component running in this process.
+pub struct Running {
+    /// Its HTTP address, for gateways.
+    pub addr: Option<SocketAddr>,
+    token: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    fn spawn<F>(addr: Option<SocketAddr>, token: CancellationToken, future: F) -> Self
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        Self {
+            addr,
+            token,
+            handle: Some(tokio::spawn(future)),
+        }
+    }
+
+    /// Stops it and waits until it has.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        self.token.cancel();
+        match self.handle.take() {
+            Some(handle) => handle.await?,
+            None => Ok(()),
+        }
+    }
+
+    /// `http://addr` for a gateway.
+    pub fn url(&self, path: &str) -> String {
+        format!(
+            "http://{}{path}",
+            self.addr.expect("a gateway has an address")
+        )
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// Request topic of the echo service in tests.
+pub const ECHO_TOPIC: &str = "echo.requests";
+/// Reply topic in tests.
+pub const REPLY_TOPIC: &str = "replyway.replies";
+
+/// The routes every test stack serves.
+pub fn test_routes() -> Vec<RouteConfig> {
+    let route =
+        |method: &str, path: &str, key: &str, timeout_ms: u64, body_limit: usize| RouteConfig {
+            name: None,
+            method: method.into(),
+            path: path.into(),
+            topic: ECHO_TOPIC.into(),
+            key: key.into(),
+            timeout: Duration::from_millis(timeout_ms),
+            body_limit,
+            forward_headers: vec!["x-request-id".into()],
+            reply_headers: None,
+        };
+    vec![
+        route("POST", "/echo", "{correlation_id}", 10_000, 64 * 1024),
+        route("POST", "/slow", "{correlation_id}", 1_000, 64 * 1024),
+        route("POST", "/orders/{id}", "order-{param.id}", 10_000, 1024),
+    ]
+}
+
+/// A whole Replyway stack for one test: broker, Redis, gateways, a collector
+/// and the echo service.
+pub struct Stack {
+    /// The broker.
+    pub broker: Broker,
+    /// Redis.
+    pub redis: RedisServer,
+    /// Key prefix of this stack.
+    pub prefix: String,
+    /// Gateways.
+    pub gateways: Vec<Running>,
+    /// Collector.
+    pub collector: Running,
+    /// Collector counters.
+    pub collector_stats: Arc<replyway_collector::Stats>,
+    /// Echo service.
+    pub echo: Running,
+    /// HTTP client.
+    pub http: reqwest::Client,
+}
+
+/// How a test wants its stack.
+pub struct StackOptions {
+    /// Gateway replicas.
+    pub gateways: usize,
+    /// Bound on waiting requests per gateway.
+    pub max_waiting: usize,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            gateways: 1,
+            max_waiting: 10_000,
+        }
+    }
+}
+
+impl Stack {
+    /// Starts broker, Redis, topics, gateways, collector and echo, and waits
+    /// until a request makes the whole round trip.
+    pub async fn start(options: StackOptions) -> anyhow::Result<Self> {
+        init_logs();
+        let broker = Broker::start()?;
+        let redis = RedisServer::start()?;
+        broker.create_topics(&[ECHO_TOPIC, REPLY_TOPIC], 3).await?;
+        let prefix = format!("rwtest{}", free_port());
+        let kafka = broker.kafka_settings();
+        let redis_settings = RedisSettings {
+            url: redis.url(),
+            prefix: prefix.clone(),
+            ttl: Duration::from_secs(120),
+            timeout: Duration::from_secs(1),
+            ..RedisSettings::default()
+        };
+
+        let mut gateways = Vec::new();
+        for _ in 0..options.gateways {
+            let settings = replyway_gateway::Settings {
+                max_waiting: options.max_waiting,
+                max_poll_wait: Duration::from_secs(30),
+                reply_topic: REPLY_TOPIC.into(),
+                redis: redis_settings.clone(),
+                kafka: kafka.clone(),
+                routes: test_routes(),
+                ..replyway_gateway::Settings::default()
+            };
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            let token = CancellationToken::new();
+            gateways.push(Running::spawn(
+                Some(addr),
+                token.clone(),
+                replyway_gateway::run(settings, listener, token),
+            ));
+        }
+
+        let collector_settings = replyway_collector::Settings {
+            topics: vec![REPLY_TOPIC.into()],
+            group_id: format!("{prefix}-collector"),
+            redis: redis_settings.clone(),
+            kafka: kafka.clone(),
+            ..replyway_collector::Settings::default()
+        };
+        let collector = replyway_collector::Collector::new(&collector_settings)?;
+        let collector_stats = collector.stats();
+        let token = CancellationToken::new();
+        let collector = Running::spawn(None, token.clone(), collector.run(token));
+
+        let echo_settings = replyway_echo::Settings {
+            topics: vec![ECHO_TOPIC.into()],
+            group_id: format!("{prefix}-echo"),
+            kafka,
+            ..replyway_echo::Settings::default()
+        };
+        let token = CancellationToken::new();
+        let echo = Running::spawn(None, token.clone(), async move {
+            replyway_echo::run(&echo_settings, token).await
+        });
+
+        let stack = Self {
+            broker,
+            redis,
+            prefix,
+            gateways,
+            collector,
+            collector_stats,
+            echo,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(1000)
+                .build()?,
+        };
+        stack.wait_until_ready().await?;
+        Ok(stack)
+    }
+
+    /// Waits until every gateway is ready and answers a request end to end
+    /// (consumer groups have joined).
+    pub async fn wait_until_ready(&self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        for gateway in &self.gateways {
+            loop {
+                let ready = self
+                    .http
+                    .get(gateway.url("/readyz"))
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false);
+                if ready {
+                    let r = self
+                        .http
+                        .post(gateway.url("/echo"))
+                        .header("prefer", "wait=2")
+                        .body("warm-up")
+                        .send()
+                        .await;
+                    if r.is_ok_and(|r| r.status() == 200) {
+                        break;
+                    }
+                }
+                if started.elapsed() > Duration::from_secs(60) {
+                    bail!(
+                        "the stack did not become ready within 60 s; broker log:\n{}",
+                        self.broker.log()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// URL on gateway `i`.
+    pub fn url(&self, i: usize, path: &str) -> String {
+        self.gateways[i].url(path)
+    }
+
+    /// Keys of this stack in Redis matching `pattern` (after the prefix).
+    pub async fn redis_keys(&self, pattern: &str) -> anyhow::Result<Vec<String>> {
+        let mut conn = self.redis.connection().await?;
+        Ok(redis::cmd("KEYS")
+            .arg(format!("{}:{pattern}", self.prefix))
+            .query_async(&mut conn)
+            .await?)
+    }
+}
+
+/// Polls `check` until it holds or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
