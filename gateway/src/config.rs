@@ -24,6 +24,10 @@ pub struct Settings {
     /// Longest `Prefer: wait` honoured on `GET /v1/replies/{id}`.
     #[serde(with = "humantime_serde")]
     pub max_poll_wait: Duration,
+    /// Longest wait for the broker to acknowledge a command; past it the request
+    /// is answered `503` and its pending record removed.
+    #[serde(with = "humantime_serde")]
+    pub produce_timeout: Duration,
     /// Topic that services reply to (`reply-to` of every command).
     pub reply_topic: String,
     /// Redis.
@@ -43,6 +47,7 @@ impl Default for Settings {
             node_id: None,
             max_waiting: 10_000,
             max_poll_wait: Duration::from_secs(60),
+            produce_timeout: Duration::from_secs(5),
             reply_topic: "replyway.replies".into(),
             redis: RedisSettings::default(),
             kafka: KafkaSettings::default(),
@@ -66,13 +71,13 @@ impl Settings {
                 "not a legal Kafka topic name",
             ));
         }
-        if let Some(node) = &self.node_id {
-            if !replyway_shared::record::is_valid_correlation_id(node) {
-                return Err(InvalidSetting::new(
-                    "node_id",
-                    "must be 1-128 characters of [A-Za-z0-9._:-]",
-                ));
-            }
+        if let Some(node) = &self.node_id
+            && !replyway_shared::record::is_valid_correlation_id(node)
+        {
+            return Err(InvalidSetting::new(
+                "node_id",
+                "must be 1-128 characters of [A-Za-z0-9._:-]",
+            ));
         }
         if self.max_waiting == 0 {
             return Err(InvalidSetting::new("max_waiting", "must be at least 1"));
@@ -81,6 +86,12 @@ impl Settings {
             return Err(InvalidSetting::new(
                 "max_poll_wait",
                 "must be shorter than redis.ttl: a reply is kept longer than anyone waits",
+            ));
+        }
+        if self.produce_timeout.is_zero() {
+            return Err(InvalidSetting::new(
+                "produce_timeout",
+                "must be more than 0",
             ));
         }
         let routes = RouteTable::new(&self.routes)?;

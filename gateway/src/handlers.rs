@@ -235,17 +235,23 @@ async fn request_reply(
         .key(&key)
         .payload(&body[..])
         .headers(request.record_headers());
-    // Delivery is bounded by the producer's message.timeout.ms.
-    if let Err((e, _)) = state
-        .producer
-        .send(record, Timeout::After(route.timeout))
-        .await
-    {
+    // Bounded here as well as by the producer's message.timeout.ms: librdkafka
+    // notices an expired message only when its broker thread wakes, which can be
+    // seconds late while the broker is unreachable.
+    let bound = state.produce_timeout.min(route.timeout);
+    let produced =
+        match tokio::time::timeout(bound, state.producer.send(record, Timeout::After(bound))).await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((e, _))) => Err(GatewayError::Kafka(e)),
+            Err(_) => Err(GatewayError::KafkaTimeout(bound.as_millis(), id.clone())),
+        };
+    if let Err(e) = produced {
         // Not produced: nobody will ever reply, so nothing may stay pending.
         if let Err(cleanup) = state.store.delete_pending(&id).await {
             tracing::warn!(correlation_id = %id, error = %cleanup, "could not remove the pending record of an unproduced request; it expires with its TTL");
         }
-        return Err(GatewayError::Kafka(e));
+        return Err(e);
     }
 
     let Some(waiter) = waiter.as_mut() else {

@@ -60,6 +60,8 @@ pub struct Inner {
     pub reply_ttl: Duration,
     /// Longest long-poll.
     pub max_poll_wait: Duration,
+    /// Longest wait for the broker's acknowledgement.
+    pub produce_timeout: Duration,
     /// Cancelled when the gateway stops.
     pub shutdown: CancellationToken,
     settings: Settings,
@@ -106,6 +108,7 @@ impl AppState {
             reply_topic: settings.reply_topic.clone(),
             reply_ttl: settings.redis.ttl,
             max_poll_wait: settings.max_poll_wait,
+            produce_timeout: settings.produce_timeout,
             shutdown,
             settings,
         })))

@@ -33,6 +33,10 @@ pub enum GatewayError {
     /// Kafka did not take the command.
     #[error("broker unavailable")]
     Kafka(#[source] rdkafka::error::KafkaError),
+    /// Kafka did not acknowledge the command in time; it was not produced, or
+    /// (rarely) it is delivered later and its reply can be fetched by this id.
+    #[error("the broker did not acknowledge the command within {0} ms")]
+    KafkaTimeout(u128, String),
     /// No reply within the wait.
     #[error("no reply within {0} ms")]
     Timeout(u128, String),
@@ -85,7 +89,7 @@ impl IntoResponse for GatewayError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "urn:replyway:problem:store-unavailable",
             ),
-            Self::Kafka(_) => (
+            Self::Kafka(_) | Self::KafkaTimeout(..) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "urn:replyway:problem:broker-unavailable",
             ),
@@ -102,10 +106,15 @@ impl IntoResponse for GatewayError {
         match &self {
             Self::Redis(e) => tracing::warn!(error = %e, "redis unavailable"),
             Self::Kafka(e) => tracing::warn!(error = %e, "kafka unavailable"),
+            Self::KafkaTimeout(ms, id) => {
+                tracing::warn!(correlation_id = %id, timeout_ms = %ms, "kafka did not acknowledge in time")
+            }
             _ => {}
         }
         let correlation_id = match &self {
-            Self::Timeout(_, id) | Self::UnknownReply(id) => Some(id.as_str()),
+            Self::Timeout(_, id) | Self::UnknownReply(id) | Self::KafkaTimeout(_, id) => {
+                Some(id.as_str())
+            }
             _ => None,
         };
         let mut detail = self.to_string();

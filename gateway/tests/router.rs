@@ -1,4 +1,5 @@
 //! The router alone, driven with `oneshot`: everything the gateway decides
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test
 //! before it needs Redis or Kafka, and its answer when Redis is unreachable.
 
 use std::time::Duration;
@@ -114,18 +115,20 @@ async fn healthz_answers() {
 
 #[test]
 fn invalid_settings_name_the_setting() {
-    let mut settings = Settings::default();
-    settings.routes = vec![RouteConfig {
-        name: None,
-        method: "POST".into(),
-        path: "/x".into(),
-        topic: "t".into(),
-        key: "{correlation_id}".into(),
-        timeout: Duration::from_secs(3600),
-        body_limit: 8,
-        forward_headers: vec![],
-        reply_headers: None,
-    }];
+    let settings = Settings {
+        routes: vec![RouteConfig {
+            name: None,
+            method: "POST".into(),
+            path: "/x".into(),
+            topic: "t".into(),
+            key: "{correlation_id}".into(),
+            timeout: Duration::from_secs(3600),
+            body_limit: 8,
+            forward_headers: vec![],
+            reply_headers: None,
+        }],
+        ..Settings::default()
+    };
     assert_eq!(
         settings.validate().unwrap_err().setting,
         "routes[0].timeout"

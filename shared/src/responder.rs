@@ -113,10 +113,8 @@ impl Responder {
             )
             .await;
             for (message, done) in messages.iter().zip(answered) {
-                if done {
-                    if let Err(e) = self.consumer.store_offset_from_message(message) {
-                        tracing::warn!(error = %e, partition = message.partition(), offset = message.offset(), "could not store offset");
-                    }
+                if done && let Err(e) = self.consumer.store_offset_from_message(message) {
+                    tracing::warn!(error = %e, partition = message.partition(), offset = message.offset(), "could not store offset");
                 }
             }
         }

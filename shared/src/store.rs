@@ -66,7 +66,8 @@ impl Keys {
 }
 
 /// Stores a reply unless one is stored already (the first reply wins) and
-/// publishes it to every waiting node, in one atomic step.
+/// publishes it to every waiting node, in one atomic step. The waiters set is then
+/// dropped: a node that joins later finds the reply when it reads the key.
 ///
 /// KEYS: reply, waiters. ARGV: stored reply, TTL in ms, channel prefix, id.
 /// Returns 1 when stored, 0 when a reply was stored before.
@@ -76,6 +77,7 @@ local nodes = redis.call('SMEMBERS', KEYS[2])
 if #nodes > 0 then
   local message = ARGV[4] .. '\n' .. ARGV[1]
   for _, node in ipairs(nodes) do redis.call('PUBLISH', ARGV[3] .. node, message) end
+  redis.call('DEL', KEYS[2])
 end
 return 1
 ";

@@ -421,6 +421,7 @@ impl Stack {
             let settings = replyway_gateway::Settings {
                 max_waiting: options.max_waiting,
                 max_poll_wait: Duration::from_secs(30),
+                produce_timeout: Duration::from_secs(2),
                 reply_topic: REPLY_TOPIC.into(),
                 redis: redis_settings.clone(),
                 kafka: kafka.clone(),
@@ -511,6 +512,22 @@ impl Stack {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+        Ok(())
+    }
+
+    /// Stops gateways, collector and echo (each commits and leaves its group),
+    /// then the broker and Redis. Ends a test: stopping the broker first would
+    /// leave the consumers waiting for a coordinator that is gone.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        for gateway in &mut self.gateways {
+            gateway.stop().await?;
+        }
+        let stopped = tokio::time::timeout(Duration::from_secs(20), async {
+            self.collector.stop().await?;
+            self.echo.stop().await
+        })
+        .await;
+        stopped.context("collector and echo did not stop within 20 s")??;
         Ok(())
     }
 

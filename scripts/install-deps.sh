@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what Replyway's local runs and tests need and is missing:
+# redis-server (Debian package) and the tansu broker (from crates.io).
+set -euo pipefail
+
+TANSU_VERSION=0.6.0
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "installing redis-server (Debian package)..."
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+fi
+
+tansu_bin() {
+  if command -v tansu >/dev/null 2>&1; then command -v tansu; return; fi
+  if [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" ]; then echo "${CARGO_HOME:-$HOME/.cargo}/bin/tansu"; return; fi
+  return 1
+}
+
+if ! bin=$(tansu_bin) || ! "$bin" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+  echo "installing the tansu broker $TANSU_VERSION from crates.io (takes 8-12 minutes on 2 cores)..."
+  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
+fi
+
+if ! rustup component list --installed 2>/dev/null | grep -q '^rustfmt'; then rustup component add rustfmt; fi
+if ! rustup component list --installed 2>/dev/null | grep -q '^clippy'; then rustup component add clippy; fi

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Starts the whole Replyway stack on this machine: a tansu broker, Redis, the
+# collector, the echo demo service and the gateway. Ctrl-C stops everything.
+#
+# Ports (override with the environment): gateway 8080 (config/local/gateway.toml),
+# KAFKA_PORT=9092, REDIS_PORT=6380.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
+KAFKA_PORT=${KAFKA_PORT:-9092}
+REDIS_PORT=${REDIS_PORT:-6380}
+GATEWAY_LISTEN=${GATEWAY_LISTEN:-127.0.0.1:8080}
+RUN_DIR=${RUN_DIR:-.run}
+BROKER="tcp://127.0.0.1:${KAFKA_PORT}"
+mkdir -p "$RUN_DIR/logs"
+
+export REPLYWAY_KAFKA__BROKERS="127.0.0.1:${KAFKA_PORT}"
+export REPLYWAY_REDIS__URL="redis://127.0.0.1:${REDIS_PORT}"
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  echo
+  echo "stopping..."
+  for ((i=${#pids[@]}-1; i>=0; i--)); do kill -TERM "${pids[$i]}" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  echo "stopped."
+}
+trap cleanup INT TERM EXIT
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() {
+  for _ in $(seq 1 200); do port_busy "$1" && return 0; sleep 0.1; done
+  echo "nothing listens on port $1 (see $RUN_DIR/logs)" >&2; return 1
+}
+for p in "$KAFKA_PORT" "$REDIS_PORT" "${GATEWAY_LISTEN##*:}"; do
+  if port_busy "$p"; then echo "port $p is in use; set KAFKA_PORT / REDIS_PORT / GATEWAY_LISTEN" >&2; exit 1; fi
+done
+
+echo "building (release)..."
+cargo build --release --locked --workspace --bins
+
+echo "starting redis-server on 127.0.0.1:${REDIS_PORT}"
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+  --dir "$RUN_DIR" >"$RUN_DIR/logs/redis.log" 2>&1 &
+pids+=($!)
+echo "starting tansu broker on ${BROKER}"
+RUST_LOG=warn tansu broker --listener-url "$BROKER" --advertised-listener-url "$BROKER" \
+  --storage-engine memory://tansu/ >"$RUN_DIR/logs/tansu.log" 2>&1 &
+pids+=($!)
+wait_port "$REDIS_PORT"
+wait_port "$KAFKA_PORT"
+
+for topic in echo.requests replyway.replies; do
+  tansu topic create "$topic" --partitions 3 --broker "$BROKER" >>"$RUN_DIR/logs/tansu.log" 2>&1
+done
+
+bin=target/release
+"$bin/replyway-collector" --config config/local/collector.toml >"$RUN_DIR/logs/collector.log" 2>&1 &
+pids+=($!)
+"$bin/replyway-echo" --config config/local/echo.toml >"$RUN_DIR/logs/echo.log" 2>&1 &
+pids+=($!)
+"$bin/replyway-gateway" --config config/local/gateway.toml --listen "$GATEWAY_LISTEN" >"$RUN_DIR/logs/gateway.log" 2>&1 &
+pids+=($!)
+
+for _ in $(seq 1 300); do
+  if curl -fsS "http://${GATEWAY_LISTEN}/readyz" >/dev/null 2>&1; then break; fi
+  sleep 0.1
+done
+curl -fsS "http://${GATEWAY_LISTEN}/readyz" >/dev/null || { echo "the gateway did not become ready; see $RUN_DIR/logs/gateway.log" >&2; exit 1; }
+
+cat <<EOT
+
+Replyway is running:
+  gateway     http://${GATEWAY_LISTEN}   (routes: POST /echo, POST /echo/{key})
+  collector   consumer group replyway-collector on replyway.replies
+  echo        consumer group replyway-echo on echo.requests
+  broker      tansu at 127.0.0.1:${KAFKA_PORT} (in memory)
+  redis       127.0.0.1:${REDIS_PORT} (key prefix replyway)
+  logs        ${RUN_DIR}/logs/
+
+Try:
+  curl -i -X POST http://${GATEWAY_LISTEN}/echo -H 'content-type: application/json' -d '{"hello":"world"}'
+  curl -i -X POST http://${GATEWAY_LISTEN}/echo -d '{"status":409}'
+  curl -i -X POST http://${GATEWAY_LISTEN}/echo -H 'prefer: respond-async' -d 'later'
+
+Ctrl-C stops everything.
+EOT
+
+# Stay up until Ctrl-C or until a component exits.
+wait -n "${pids[@]}" || true
+echo "a component exited; see ${RUN_DIR}/logs" >&2
