@@ -6,20 +6,24 @@
 //! reply was acknowledged by the broker, so a crash replays commands rather than
 //! losing them (services should be idempotent, or dedupe by correlation id).
 //!
-//! Concurrency is bounded: the Responder takes up to `max_in_flight` commands that
-//! are ready, runs their handlers concurrently, and stores their offsets when all
-//! have replied. A slow handler therefore delays the commands taken with it; a
-//! service that needs per-command flow should raise `max_in_flight`.
+//! Concurrency is bounded: at most `max_in_flight` commands are handled at once;
+//! at the bound the Responder stops taking commands until one finishes. Commands
+//! finish in any order; a partition's offset is stored up to its lowest command
+//! still in flight, so a slow command delays no other command's reply, only the
+//! commit of the offsets after it.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use std::collections::{BTreeSet, HashMap};
+
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
@@ -85,8 +89,8 @@ impl Responder {
         Arc::clone(&self.stats)
     }
 
-    /// Serves commands with `handler` until `shutdown` is cancelled, then commits
-    /// what was answered and leaves the group.
+    /// Serves commands with `handler` until `shutdown` is cancelled, then lets the
+    /// commands in flight finish, commits what was answered and leaves the group.
     ///
     /// # Errors
     /// A [`KafkaError`] when the final commit fails.
@@ -95,30 +99,34 @@ impl Responder {
         H: Fn(Request) -> F,
         F: Future<Output = Result<Reply, HandlerError>>,
     {
-        let mut batches = self.consumer.stream().ready_chunks(self.max_in_flight);
+        let mut in_flight = FuturesUnordered::new();
+        let mut offsets = Offsets::default();
+        let mut stream = self.consumer.stream();
         loop {
-            let batch = tokio::select! {
+            let room = in_flight.len() < self.max_in_flight;
+            tokio::select! {
                 () = shutdown.cancelled() => break,
-                batch = batches.next() => match batch { Some(b) => b, None => break },
-            };
-            let mut messages = Vec::with_capacity(batch.len());
-            for result in batch {
-                match result {
-                    Ok(m) => messages.push(m),
-                    Err(e) => tracing::warn!(error = %e, "kafka consumer error"),
+                Some((position, answered)) = in_flight.next() => {
+                    self.completed(&mut offsets, position, answered);
                 }
-            }
-            let answered = futures::future::join_all(
-                messages.iter().map(|m| self.serve(m, &handler, &shutdown)),
-            )
-            .await;
-            for (message, done) in messages.iter().zip(answered) {
-                if done && let Err(e) = self.consumer.store_offset_from_message(message) {
-                    tracing::warn!(error = %e, partition = message.partition(), offset = message.offset(), "could not store offset");
-                }
+                message = stream.next(), if room => match message {
+                    Some(Ok(message)) => {
+                        let position = Position { topic: message.topic().to_owned(), partition: message.partition(), offset: message.offset() };
+                        offsets.started(&position);
+                        let request = Request::from_message(&message);
+                        let (this, handler, shutdown) = (&self, &handler, &shutdown);
+                        in_flight.push(async move { let answered = this.serve(request, handler, shutdown).await; (position, answered) });
+                    }
+                    Some(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
+                    None => break,
+                },
             }
         }
-        drop(batches);
+        // Finish what was taken (replies being produced give up on shutdown).
+        while let Some((position, answered)) = in_flight.next().await {
+            self.completed(&mut offsets, position, answered);
+        }
+        drop(stream);
         match self
             .consumer
             .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
@@ -129,11 +137,28 @@ impl Responder {
         }
     }
 
-    /// Serves one message. Returns whether its offset may be stored (the reply was
+    /// Records a finished command and stores the partition's offset up to the
+    /// lowest command still in flight.
+    fn completed(&self, offsets: &mut Offsets, position: Position, answered: bool) {
+        if !answered {
+            // Not answered (shutdown): its offset must not be committed; it and
+            // everything after it in its partition will be delivered again.
+            return;
+        }
+        if let Some(done) = offsets.finished(&position)
+            && let Err(e) = self
+                .consumer
+                .store_offset(&position.topic, position.partition, done)
+        {
+            tracing::debug!(error = %e, partition = position.partition, "offset not stored (partition revoked?)");
+        }
+    }
+
+    /// Serves one command. Returns whether its offset may be stored (the reply was
     /// acknowledged, or there is nothing to reply to).
     async fn serve<H, F>(
         &self,
-        message: &BorrowedMessage<'_>,
+        request: Result<Request, crate::record::RequestError>,
         handler: &H,
         shutdown: &CancellationToken,
     ) -> bool
@@ -141,11 +166,11 @@ impl Responder {
         H: Fn(Request) -> F,
         F: Future<Output = Result<Reply, HandlerError>>,
     {
-        let request = match Request::from_message(message) {
+        let request = match request {
             Ok(r) => r,
             Err(e) => {
                 self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), error = %e, "skipping a record that is not a command");
+                tracing::warn!(error = %e, "skipping a record that is not a command");
                 return true;
             }
         };
@@ -190,5 +215,69 @@ impl Responder {
                 }
             }
         }
+    }
+}
+
+/// Where a command came from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Position {
+    topic: String,
+    partition: i32,
+    offset: i64,
+}
+
+/// Per partition: offsets in flight and the highest finished one.
+#[derive(Debug, Default)]
+struct Offsets {
+    partitions: HashMap<(String, i32), (BTreeSet<i64>, i64)>,
+}
+
+impl Offsets {
+    fn started(&mut self, p: &Position) {
+        let entry = self
+            .partitions
+            .entry((p.topic.clone(), p.partition))
+            .or_insert_with(|| (BTreeSet::new(), -1));
+        entry.0.insert(p.offset);
+    }
+
+    /// Marks `p` finished; returns the offset that is now processed with
+    /// everything before it (to store), if any.
+    fn finished(&mut self, p: &Position) -> Option<i64> {
+        let (in_flight, done) = self.partitions.get_mut(&(p.topic.clone(), p.partition))?;
+        in_flight.remove(&p.offset);
+        *done = (*done).max(p.offset);
+        match in_flight.first() {
+            Some(lowest) if *lowest > 0 => Some(lowest - 1),
+            Some(_) => None,
+            None => Some(*done),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(offset: i64) -> Position {
+        Position {
+            topic: "t".into(),
+            partition: 0,
+            offset,
+        }
+    }
+
+    #[test]
+    fn offsets_advance_only_past_finished_commands() {
+        let mut o = Offsets::default();
+        for n in 5..=7 {
+            o.started(&at(n));
+        }
+        assert_eq!(o.finished(&at(6)), Some(4), "5 is still in flight");
+        assert_eq!(o.finished(&at(7)), Some(4));
+        assert_eq!(o.finished(&at(5)), Some(7), "all done");
+        o.started(&at(0));
+        o.started(&at(1));
+        assert_eq!(o.finished(&at(1)), None, "nothing below 0 to store");
     }
 }

@@ -17,20 +17,32 @@ pub const ENV_PREFIX: &str = "REPLYWAY_";
 
 /// Loads settings: `defaults`, then `file` (if given), then the environment.
 ///
+/// The file is strict: an unknown key is an error. The environment is shared by
+/// every Replyway binary (one env file for a whole deployment), so a variable
+/// whose top-level section this binary does not have is ignored.
+///
 /// # Errors
 /// A [`figment::Error`] naming the setting that is missing or malformed.
 pub fn load<T: Serialize + DeserializeOwned>(
     defaults: &T,
     file: Option<&Path>,
 ) -> Result<T, Box<figment::Error>> {
+    let sections: Vec<String> = match serde_json::to_value(defaults) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
     let mut figment = Figment::from(Serialized::defaults(defaults));
     if let Some(file) = file {
         figment = figment.merge(Toml::file_exact(file));
     }
-    figment
-        .merge(Env::prefixed(ENV_PREFIX).split("__"))
-        .extract()
-        .map_err(Box::new)
+    let env = Env::prefixed(ENV_PREFIX)
+        .ignore(&["config"])
+        .split("__")
+        .filter(move |key| {
+            let top = key.as_str().split('.').next().unwrap_or_default();
+            sections.iter().any(|s| s.eq_ignore_ascii_case(top))
+        });
+    figment.merge(env).extract().map_err(Box::new)
 }
 
 /// How to reach Redis and how long its records live.
@@ -277,6 +289,43 @@ impl Default for LogSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct Sample {
+        name: String,
+        redis: RedisSettings,
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure returns figment::Error
+    fn file_then_environment_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "s.toml",
+                "name = \"from-file\"\n[redis]\nprefix = \"file\"\n",
+            )?;
+            jail.set_env("REPLYWAY_REDIS__PREFIX", "env");
+            // Another binary's section: ignored, not an error.
+            jail.set_env("REPLYWAY_ROUTES", "[]");
+            let s: Sample = load(&Sample::default(), Some(Path::new("s.toml"))).map_err(|e| *e)?;
+            assert_eq!(s.name, "from-file");
+            assert_eq!(s.redis.prefix, "env");
+            assert_eq!(s.redis.pool_size, RedisSettings::default().pool_size);
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure returns figment::Error
+    fn unknown_file_keys_are_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("s.toml", "[redis]\nprefx = \"typo\"\n")?;
+            let e = load(&Sample::default(), Some(Path::new("s.toml"))).unwrap_err();
+            assert!(e.to_string().contains("prefx"), "{e}");
+            Ok(())
+        });
+    }
 
     #[test]
     fn redis_password_is_hidden() {

@@ -144,7 +144,7 @@ async fn async_request_then_poll_and_long_poll() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn timeout_answers_504_and_the_late_reply_is_collectable() -> TestResult {
     let stack = Stack::start(StackOptions::default()).await?;
-    let body = r#"{"sleep_ms":2500,"late":true}"#;
+    let body = r#"{"sleep_ms":5000,"late":true}"#;
     let started = Instant::now();
     let timed_out = stack
         .http
@@ -169,6 +169,21 @@ async fn timeout_answers_504_and_the_late_reply_is_collectable() -> TestResult {
         .unwrap_or_default()
         .to_owned();
     assert_eq!(location, format!("/v1/replies/{id}"));
+
+    // While the service still works on that command, other commands are answered.
+    let started = Instant::now();
+    let fast = stack
+        .http
+        .post(stack.url(0, "/echo"))
+        .body("fast")
+        .send()
+        .await?;
+    assert_eq!(fast.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "a slow command held up another one for {:?}",
+        started.elapsed()
+    );
 
     let late = stack
         .http
