@@ -18,13 +18,20 @@ mkdir -p "$RUN_DIR/logs"
 export REPLYWAY_KAFKA__BROKERS="127.0.0.1:${KAFKA_PORT}"
 export REPLYWAY_REDIS__URL="redis://127.0.0.1:${REDIS_PORT}"
 
+# Broker and Redis run in sessions of their own, so that Ctrl-C reaches only the
+# Replyway processes; they stop first (committing offsets and leaving their
+# consumer groups), then the broker and Redis.
 pids=()
+infra=()
 cleanup() {
   trap - INT TERM EXIT
+  trap "" PIPE  # the terminal or a pipe may be gone already
   echo
   echo "stopping..."
-  for ((i=${#pids[@]}-1; i>=0; i--)); do kill -TERM "${pids[$i]}" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for pid in "${infra[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${infra[@]}"; do wait "$pid" 2>/dev/null || true; done
   echo "stopped."
 }
 trap 'cleanup; exit 0' INT TERM
@@ -43,13 +50,13 @@ echo "building (release)..."
 cargo build --release --locked --workspace --bins
 
 echo "starting redis-server on 127.0.0.1:${REDIS_PORT}"
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+setsid redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
   --dir "$RUN_DIR" >"$RUN_DIR/logs/redis.log" 2>&1 &
-pids+=($!)
+infra+=($!)
 echo "starting tansu broker on ${BROKER}"
-RUST_LOG=warn tansu broker --listener-url "$BROKER" --advertised-listener-url "$BROKER" \
+RUST_LOG=warn setsid tansu broker --listener-url "$BROKER" --advertised-listener-url "$BROKER" \
   --storage-engine memory://tansu/ >"$RUN_DIR/logs/tansu.log" 2>&1 &
-pids+=($!)
+infra+=($!)
 wait_port "$REDIS_PORT"
 wait_port "$KAFKA_PORT"
 
@@ -90,5 +97,5 @@ Ctrl-C stops everything.
 EOT
 
 # Stay up until Ctrl-C or until a component exits.
-wait -n "${pids[@]}" || true
+wait -n "${pids[@]}" "${infra[@]}" || true
 echo "a component exited; see ${RUN_DIR}/logs" >&2

@@ -16,9 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaErrorCode;
@@ -151,11 +149,7 @@ impl Collector {
             }
         }
         drop(batches);
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => return Err(e).context("committing offsets at shutdown"),
-        }
-        self.consumer.unsubscribe();
+        replyway_shared::consumer::close(self.consumer).await?;
         tracing::info!("collector stopped");
         Ok(())
     }

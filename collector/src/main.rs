@@ -37,11 +37,14 @@ async fn main() -> ExitCode {
         tracing::error!("invalid configuration: {e}");
         return ExitCode::from(2);
     }
-    match replyway_collector::run(&settings, shutdown::on_signals()).await {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match replyway_collector::run(&settings, shutdown::on_signals()).await {
+        Ok(()) => 0,
         Err(e) => {
             tracing::error!("collector failed: {e:#}");
-            ExitCode::FAILURE
+            1
         }
-    }
+    };
+    // Exit now: a consumer that could not leave its group (broker gone) may
+    // still hold a blocking thread, which the runtime would wait for.
+    std::process::exit(code)
 }

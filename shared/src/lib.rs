@@ -1,6 +1,7 @@
 //! Replyway's shared library: the contracts every side agrees on and the client
 //! pieces that backend services use.
 //!
+//! * [`consumer`] — leaving a consumer group at shutdown, bounded;
 //! * [`record`] — the Kafka record contract (header names, request and reply
 //!   records) that the gateway, the collector and every backend service speak;
 //! * [`store`] — the Redis contract (key names, the stored reply format, the
@@ -13,6 +14,7 @@
 //! * [`telemetry`] — logging set-up shared by the binaries.
 #![warn(missing_docs)]
 
+pub mod consumer;
 pub mod record;
 pub mod responder;
 pub mod settings;

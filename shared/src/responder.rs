@@ -27,6 +27,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
+use crate::consumer::CloseError;
 use crate::record::{Reply, Request};
 use crate::settings::KafkaSettings;
 
@@ -93,8 +94,8 @@ impl Responder {
     /// commands in flight finish, commits what was answered and leaves the group.
     ///
     /// # Errors
-    /// A [`KafkaError`] when the final commit fails.
-    pub async fn run<H, F>(self, handler: H, shutdown: CancellationToken) -> Result<(), KafkaError>
+    /// A [`CloseError`] when the final commit fails or the group cannot be left in time.
+    pub async fn run<H, F>(self, handler: H, shutdown: CancellationToken) -> Result<(), CloseError>
     where
         H: Fn(Request) -> F,
         F: Future<Output = Result<Reply, HandlerError>>,
@@ -127,14 +128,8 @@ impl Responder {
             self.completed(&mut offsets, position, answered);
         }
         drop(stream);
-        match self
-            .consumer
-            .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
-        {
-            Ok(())
-            | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => Ok(()),
-            Err(e) => Err(e),
-        }
+        drop(in_flight);
+        crate::consumer::close(self.consumer).await
     }
 
     /// Records a finished command and stores the partition's offset up to the

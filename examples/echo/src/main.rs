@@ -32,11 +32,14 @@ async fn main() -> ExitCode {
         }
     };
     telemetry::init(&settings.log);
-    match replyway_echo::run(&settings, shutdown::on_signals()).await {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match replyway_echo::run(&settings, shutdown::on_signals()).await {
+        Ok(()) => 0,
         Err(e) => {
             tracing::error!("echo service failed: {e:#}");
-            ExitCode::FAILURE
+            1
         }
-    }
+    };
+    // Exit now: a consumer that could not leave its group (broker gone) may
+    // still hold a blocking thread, which the runtime would wait for.
+    std::process::exit(code)
 }
