@@ -490,3 +490,65 @@ async fn kafka_unavailable_answers_503_and_leaves_nothing_pending() -> TestResul
     // the stack is dropped rather than shut down.
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiting_requests_past_the_bound_are_shed_with_503() -> TestResult {
+    let stack = Stack::start(StackOptions {
+        max_waiting: 2,
+        ..StackOptions::default()
+    })
+    .await?;
+    let slow = |n: u32| {
+        let (http, url) = (stack.http.clone(), stack.url(0, "/echo"));
+        tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .body(format!(r#"{{"sleep_ms":3000,"n":{n}}}"#))
+                .send()
+                .await?;
+            anyhow::Ok(r.status())
+        })
+    };
+    let (a, b) = (slow(1), slow(2));
+    let stats = stack.collector_stats.clone();
+    // Both slow requests are waiting once their commands are on the way.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let shed = stack
+        .http
+        .post(stack.url(0, "/echo"))
+        .body("one too many")
+        .send()
+        .await?;
+    assert_eq!(shed.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "shedding must not wait"
+    );
+    assert_eq!(shed.headers()["retry-after"], "1");
+    assert_eq!(
+        json_of(shed).await?["type"],
+        "urn:replyway:problem:overloaded"
+    );
+    // Async requests hold no waiter and are still accepted.
+    let accepted = stack
+        .http
+        .post(stack.url(0, "/echo"))
+        .header("prefer", "respond-async")
+        .body("async")
+        .send()
+        .await?;
+    assert_eq!(accepted.status(), 202);
+    // The admitted requests complete.
+    assert_eq!(a.await??, 200);
+    assert_eq!(b.await??, 200);
+    let after = stack
+        .http
+        .post(stack.url(0, "/echo"))
+        .body("room again")
+        .send()
+        .await?;
+    assert_eq!(after.status(), 200);
+    assert!(stats.stored.load(std::sync::atomic::Ordering::Relaxed) >= 4);
+    stack.shutdown().await
+}
