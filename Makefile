@@ -11,6 +11,7 @@ run: deps
 	@scripts/run-local.sh
 
 test: deps
+	cargo build --workspace --bins --locked
 	cargo test --workspace --locked
 
 build:

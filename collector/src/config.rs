@@ -18,6 +18,9 @@ pub struct Settings {
     pub batch_max: usize,
     /// Largest reply value accepted, in bytes; larger replies are skipped.
     pub max_reply_bytes: usize,
+    /// Topic that malformed replies are sent to, with the reason in a header;
+    /// unset: they are counted, logged and skipped.
+    pub dead_letter_topic: Option<String>,
     /// Redis.
     pub redis: RedisSettings,
     /// Kafka.
@@ -33,6 +36,7 @@ impl Default for Settings {
             group_id: "replyway-collector".into(),
             batch_max: 500,
             max_reply_bytes: 4 * 1024 * 1024,
+            dead_letter_topic: None,
             redis: RedisSettings::default(),
             kafka: KafkaSettings::default(),
             log: LogSettings::default(),
@@ -58,6 +62,14 @@ impl Settings {
             return Err(InvalidSetting::new(
                 "topics",
                 format!("{t:?} is not a legal Kafka topic name"),
+            ));
+        }
+        if let Some(t) = &self.dead_letter_topic
+            && (!is_valid_topic(t) || self.topics.contains(t))
+        {
+            return Err(InvalidSetting::new(
+                "dead_letter_topic",
+                "must be a legal Kafka topic name other than the reply topics",
             ));
         }
         if self.group_id.trim().is_empty() {

@@ -5,8 +5,9 @@
 //! At-least-once: a batch's offsets are stored (and later committed) only after
 //! Redis acknowledged the whole batch. While Redis is unreachable the batch is
 //! retried and nothing further is consumed, so no reply is skipped. A reply
-//! without a usable correlation id or with a bad status is counted, logged and
-//! skipped; it never stops the collector.
+//! without a usable correlation id, with a bad status or over the size bound is
+//! counted, logged and sent to the dead-letter topic when one is configured; it
+//! never stops the collector.
 
 pub mod config;
 
@@ -18,12 +19,13 @@ use anyhow::Context;
 use futures::StreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use replyway_shared::record::reply_from_message;
+use replyway_shared::record::{ReplyError, reply_from_message};
 use replyway_shared::store::{Keys, ReplyToStore, Store, encode_reply};
 
 pub use config::Settings;
@@ -37,6 +39,8 @@ pub struct Stats {
     pub duplicates: AtomicU64,
     /// Records skipped as malformed.
     pub malformed: AtomicU64,
+    /// Malformed records sent to the dead-letter topic.
+    pub dead_lettered: AtomicU64,
     /// Failed Redis round trips (each retried).
     pub redis_errors: AtomicU64,
 }
@@ -69,6 +73,7 @@ impl ConsumerContext for LoggingContext {
 /// A collector, ready to run.
 pub struct Collector {
     consumer: StreamConsumer<LoggingContext>,
+    dead_letters: Option<(FutureProducer, String)>,
     store: Store,
     batch_max: usize,
     max_reply_bytes: usize,
@@ -91,6 +96,17 @@ impl Collector {
         consumer
             .subscribe(&topics)
             .context("subscribing to the reply topics")?;
+        let dead_letters = match &settings.dead_letter_topic {
+            Some(topic) => {
+                let producer: FutureProducer = settings
+                    .kafka
+                    .producer_config()
+                    .create()
+                    .context("creating the dead-letter producer")?;
+                Some((producer, topic.clone()))
+            }
+            None => None,
+        };
         let pool = settings.redis.pool()?;
         let store = Store::new(
             pool,
@@ -107,6 +123,7 @@ impl Collector {
         );
         Ok(Self {
             consumer,
+            dead_letters,
             store,
             batch_max: settings.batch_max,
             max_reply_bytes: settings.max_reply_bytes,
@@ -177,8 +194,11 @@ impl Collector {
                         offset = message.offset(),
                         reason = e.label(),
                         error = %e,
-                        "skipping a malformed reply"
+                        "malformed reply"
                     );
+                    if !self.dead_letter(message, &e, shutdown).await {
+                        return false;
+                    }
                 }
             }
         }
@@ -206,6 +226,76 @@ impl Collector {
         }
     }
 }
+
+impl Collector {
+    /// Sends a malformed reply to the dead-letter topic (if configured), with the
+    /// reason and its origin in headers, retrying until the broker acknowledges.
+    /// Returns `false` when shutdown came first.
+    async fn dead_letter(
+        &self,
+        message: &BorrowedMessage<'_>,
+        error: &ReplyError,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let Some((producer, topic)) = &self.dead_letters else {
+            return true;
+        };
+        let mut headers = OwnedHeaders::new();
+        for h in message.headers().into_iter().flat_map(|h| h.iter()) {
+            headers = headers.insert(h);
+        }
+        let reason = error.to_string();
+        let partition = message.partition().to_string();
+        let offset = message.offset().to_string();
+        for (key, value) in [
+            (DEAD_LETTER_REASON, error.label()),
+            (DEAD_LETTER_ERROR, reason.as_str()),
+            (DEAD_LETTER_TOPIC, message.topic()),
+            (DEAD_LETTER_PARTITION, partition.as_str()),
+            (DEAD_LETTER_OFFSET, offset.as_str()),
+        ] {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(headers.clone());
+            if let Some(key) = message.key() {
+                record = record.key(key);
+            }
+            if let Some(value) = message.payload() {
+                record = record.payload(value);
+            }
+            match producer.send(record, Duration::from_secs(5)).await {
+                Ok(_) => {
+                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+                Err((e, _)) => {
+                    tracing::warn!(error = %e, topic = %topic, "could not dead-letter a malformed reply; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return false,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}
+
+/// Header of a dead-lettered record: a fixed label of why it was rejected.
+pub const DEAD_LETTER_REASON: &str = "replyway-dead-letter-reason";
+/// Header of a dead-lettered record: the reason in words.
+pub const DEAD_LETTER_ERROR: &str = "replyway-dead-letter-error";
+/// Header of a dead-lettered record: the topic it came from.
+pub const DEAD_LETTER_TOPIC: &str = "replyway-source-topic";
+/// Header of a dead-lettered record: the partition it came from.
+pub const DEAD_LETTER_PARTITION: &str = "replyway-source-partition";
+/// Header of a dead-lettered record: its offset there.
+pub const DEAD_LETTER_OFFSET: &str = "replyway-source-offset";
 
 /// Runs a collector until `shutdown`.
 ///

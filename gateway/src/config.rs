@@ -28,6 +28,20 @@ pub struct Settings {
     /// is answered `503` and its pending record removed.
     #[serde(with = "humantime_serde")]
     pub produce_timeout: Duration,
+    /// Longest time a client may take to send a request's headers.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Longest time a client may take to send a request's body (`408` past it).
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// After SIGTERM: how long requests in flight may still be answered before
+    /// the remaining connections are closed.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// How long an `Idempotency-Key` is remembered (at most `redis.ttl`, so
+    /// that a retry finds the reply).
+    #[serde(with = "humantime_serde")]
+    pub idempotency_ttl: Duration,
     /// Topic that services reply to (`reply-to` of every command).
     pub reply_topic: String,
     /// Redis.
@@ -48,6 +62,10 @@ impl Default for Settings {
             max_waiting: 10_000,
             max_poll_wait: Duration::from_secs(60),
             produce_timeout: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(30),
+            idempotency_ttl: Duration::from_secs(600),
             reply_topic: "replyway.replies".into(),
             redis: RedisSettings::default(),
             kafka: KafkaSettings::default(),
@@ -86,6 +104,21 @@ impl Settings {
             return Err(InvalidSetting::new(
                 "max_poll_wait",
                 "must be shorter than redis.ttl: a reply is kept longer than anyone waits",
+            ));
+        }
+        for (name, value) in [
+            ("header_read_timeout", self.header_read_timeout),
+            ("body_read_timeout", self.body_read_timeout),
+            ("idempotency_ttl", self.idempotency_ttl),
+        ] {
+            if value.is_zero() {
+                return Err(InvalidSetting::new(name, "must be more than 0"));
+            }
+        }
+        if self.idempotency_ttl > self.redis.ttl {
+            return Err(InvalidSetting::new(
+                "idempotency_ttl",
+                "must not exceed redis.ttl: a retry must find the reply",
             ));
         }
         if self.produce_timeout.is_zero() {

@@ -86,7 +86,12 @@ fn pending_response(id: &str) -> Response {
     response
 }
 
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, GatewayError> {
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    within: std::time::Duration,
+) -> Result<Bytes, GatewayError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -94,7 +99,10 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(GatewayError::BodyTooLarge(limit));
     }
-    match Limited::new(body, limit).collect().await {
+    let collected = tokio::time::timeout(within, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| GatewayError::BodyTimeout)?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             Err(GatewayError::BodyTooLarge(limit))
@@ -183,10 +191,35 @@ async fn request_reply(
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let body = read_body(body, headers, route.body_limit).await?;
+    let body = read_body(
+        body,
+        headers,
+        route.body_limit,
+        state.settings.body_read_timeout,
+    )
+    .await?;
 
     let id = new_correlation_id();
     let wait = prefer.wait.map_or(route.timeout, |w| w.min(route.timeout));
+    let idempotency = match idempotency_key(headers)? {
+        Some(key) => {
+            let scope = digest(&[route.name.as_bytes(), key.as_bytes()]);
+            let fingerprint = digest(&[method.as_str().as_bytes(), uri.path().as_bytes(), &body]);
+            let first = state
+                .store
+                .claim_idempotency(&scope, &id, &fingerprint, state.settings.idempotency_ttl)
+                .await
+                .map_err(GatewayError::Redis)?;
+            if let Some((first_id, first_fingerprint)) = first {
+                if first_fingerprint != fingerprint {
+                    return Err(GatewayError::IdempotencyMismatch);
+                }
+                return follow(state, route, first_id, prefer.respond_async, wait).await;
+            }
+            Some(scope)
+        }
+        None => None,
+    };
     // Register before anything can reply, so that the reply cannot be missed.
     let mut waiter = if prefer.respond_async {
         None
@@ -247,9 +280,15 @@ async fn request_reply(
             Err(_) => Err(GatewayError::KafkaTimeout(bound.as_millis(), id.clone())),
         };
     if let Err(e) = produced {
-        // Not produced: nobody will ever reply, so nothing may stay pending.
+        // Not produced: nobody will ever reply, so nothing may stay pending, and a
+        // retry with the same idempotency key must be able to go through.
         if let Err(cleanup) = state.store.delete_pending(&id).await {
             tracing::warn!(correlation_id = %id, error = %cleanup, "could not remove the pending record of an unproduced request; it expires with its TTL");
+        }
+        if let Some(scope) = &idempotency
+            && let Err(cleanup) = state.store.release_idempotency(scope).await
+        {
+            tracing::warn!(correlation_id = %id, error = %cleanup, "could not release the idempotency key of an unproduced request; it expires with its TTL");
         }
         return Err(e);
     }
@@ -266,6 +305,99 @@ async fn request_reply(
         Ok(reply) => Ok(reply_response(&id, &reply, route.reply_headers.as_ref())),
         Err(_) => Err(GatewayError::Timeout(wait.as_millis(), id)),
     }
+}
+
+/// Answers a retry (same idempotency key, same body) with the reply of the
+/// request that came first, which may still be in flight: nothing is produced.
+async fn follow(
+    state: &AppState,
+    route: &Route,
+    id: String,
+    respond_async: bool,
+    wait: std::time::Duration,
+) -> Result<Response, GatewayError> {
+    if respond_async {
+        return match state
+            .store
+            .lookup(&id, None)
+            .await
+            .map_err(GatewayError::Redis)?
+        {
+            Lookup::Reply(reply, _) => {
+                Ok(reply_response(&id, &reply, route.reply_headers.as_ref()))
+            }
+            _ => Ok(pending_response(&id)),
+        };
+    }
+    let mut waiter = state
+        .waiters
+        .register(&id)
+        .map_err(|_| GatewayError::Overloaded)?;
+    // Join unconditionally: the first request may not have written its pending
+    // record yet.
+    let found = state
+        .store
+        .rejoin(std::slice::from_ref(&id), &state.node_id)
+        .await
+        .map_err(GatewayError::Redis)?;
+    if let Some((_, reply)) = found.into_iter().next() {
+        return Ok(reply_response(&id, &reply, route.reply_headers.as_ref()));
+    }
+    match tokio::time::timeout(wait, waiter.reply()).await {
+        Ok(reply) => Ok(reply_response(&id, &reply, route.reply_headers.as_ref())),
+        Err(_) => Err(GatewayError::Timeout(wait.as_millis(), id)),
+    }
+}
+
+/// Longest accepted `Idempotency-Key`.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// Reads the `Idempotency-Key` header: a structured-field string
+/// (`"8e03978e-…"`) as the IETF draft has it, or the same characters unquoted.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, GatewayError> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let bad = |why: &str| GatewayError::BadRequest(format!("Idempotency-Key {why}"));
+    if values.next().is_some() {
+        return Err(bad("must be sent once"));
+    }
+    let text = value
+        .to_str()
+        .map_err(|_| bad("must be visible ASCII"))?
+        .trim();
+    let key = match text.strip_prefix('"') {
+        Some(rest) => rest
+            .strip_suffix('"')
+            .ok_or_else(|| bad("has an unterminated quote"))?,
+        None => text,
+    };
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(bad("must be 1 to 255 characters"));
+    }
+    if !key
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        return Err(bad("must be printable ASCII without quotes or backslashes"));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// Hex SHA-256 of the parts, each length-prefixed so that parts cannot run together.
+fn digest(parts: &[&[u8]]) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// `GET /v1/replies/{id}`: the reply, `202` while pending, `404` when unknown;
@@ -344,4 +476,35 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(serde_json::json!({ "ready": ready, "redis": redis, "subscription": subscription, "kafka": kafka }))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(value: &str) -> Result<Option<String>, GatewayError> {
+        let mut headers = HeaderMap::new();
+        headers.insert("idempotency-key", HeaderValue::from_str(value).unwrap());
+        idempotency_key(&headers)
+    }
+
+    #[test]
+    fn idempotency_keys_are_read_strictly() {
+        assert_eq!(
+            key("\"8e03978e-40d5\"").unwrap().as_deref(),
+            Some("8e03978e-40d5")
+        );
+        assert_eq!(key("plain-key").unwrap().as_deref(), Some("plain-key"));
+        assert!(key("\"unterminated").is_err());
+        assert!(key("\"\"").is_err());
+        assert!(key(&"k".repeat(256)).is_err());
+        assert!(key("a\"b").is_err());
+        assert_eq!(idempotency_key(&HeaderMap::new()).unwrap(), None);
+    }
+
+    #[test]
+    fn digests_separate_their_parts() {
+        assert_ne!(digest(&[b"ab", b"c"]), digest(&[b"a", b"bc"]));
+        assert_eq!(digest(&[b"x"]).len(), 64);
+    }
 }

@@ -121,6 +121,7 @@ impl AppState {
     pub fn subscriber(&self) -> anyhow::Result<Subscriber> {
         Ok(Subscriber {
             client: self.settings.redis.client()?,
+            node: self.node_id.clone(),
             channel: self.store.keys().channel(&self.node_id),
             waiters: Arc::clone(&self.waiters),
             store: self.store.clone(),
@@ -140,11 +141,15 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves the gateway on `listener` until `shutdown` is cancelled, then lets
-/// in-flight requests finish (each is bounded by its route's timeout).
+/// Serves the gateway on `listener` until `shutdown` is cancelled; then stops
+/// accepting, lets requests in flight finish for at most `shutdown_grace`, and
+/// closes what remains.
+///
+/// Connections are served with a bound on reading request headers
+/// (`header_read_timeout`); handlers bound reading the body (`body_read_timeout`).
 ///
 /// # Errors
-/// When the settings are invalid or serving fails.
+/// When the settings are invalid.
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
@@ -162,14 +167,62 @@ pub async fn run(
         brokers = %state.settings.kafka.brokers,
         "gateway started"
     );
-    let served = axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .context("serving HTTP");
+    serve(listener, router(state.clone()), &state.settings, &shutdown).await;
     stop_subscription.cancel();
     let _ = subscription.await;
     let producer = state.producer.clone();
     let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
     tracing::info!("gateway stopped");
-    served
+    Ok(())
+}
+
+async fn serve(
+    listener: TcpListener,
+    app: Router,
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = builder.serve_connection_with_upgrades(
+            TokioIo::new(stream),
+            TowerToHyperService::new(app.clone()),
+        );
+        let connection = graceful.watch(connection.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!(grace = ?settings.shutdown_grace, "shutting down: no new connections; finishing requests in flight");
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(settings.shutdown_grace) => {
+            tracing::warn!("shutdown grace period over; closing the remaining connections");
+        }
+    }
 }

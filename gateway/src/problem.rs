@@ -21,6 +21,12 @@ pub enum GatewayError {
     /// The body could not be read.
     #[error("request body could not be read")]
     BodyRead,
+    /// The body did not arrive within `body_read_timeout`.
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
+    /// The idempotency key was used before with another request.
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyMismatch,
     /// A header or id is malformed.
     #[error("{0}")]
     BadRequest(String),
@@ -75,6 +81,14 @@ impl IntoResponse for GatewayError {
             Self::BodyTooLarge(_) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "urn:replyway:problem:body-too-large",
+            ),
+            Self::BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "urn:replyway:problem:body-timeout",
+            ),
+            Self::IdempotencyMismatch => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "urn:replyway:problem:idempotency-key-reused",
             ),
             Self::BodyRead => (
                 StatusCode::BAD_REQUEST,

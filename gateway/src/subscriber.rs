@@ -2,8 +2,9 @@
 //! arrive on its channel and are handed to the [`Waiters`].
 //!
 //! After a lost subscription the node re-subscribes, waits for the confirmation,
-//! and only then re-reads the reply keys of every id it still waits for — in that
-//! order, so that no reply stored meanwhile is neither read nor heard.
+//! and only then re-joins the waiters of every id it still waits for and re-reads
+//! their reply keys — in that order, so that no reply stored meanwhile is neither
+//! read nor heard, even when Redis came back empty.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +24,8 @@ const PING_EVERY: Duration = Duration::from_secs(2);
 pub struct Subscriber {
     /// Client for the dedicated connection.
     pub client: redis::Client,
+    /// This node's id.
+    pub node: String,
     /// This node's channel.
     pub channel: String,
     /// Where replies go.
@@ -69,9 +72,10 @@ impl Subscriber {
         let (mut sink, mut stream) = tokio::time::timeout(self.timeout, connect)
             .await
             .map_err(|_| "subscribe timed out")??;
-        // Subscribed and confirmed: now re-read what arrived while we were away.
+        // Subscribed and confirmed: now re-join the waiters of every id we wait
+        // for (Redis may have restarted empty) and read what arrived meanwhile.
         let ids = self.waiters.ids();
-        for (id, reply) in self.store.replies(&ids).await? {
+        for (id, reply) in self.store.rejoin(&ids, &self.node).await? {
             self.waiters.deliver(&id, Arc::new(reply));
         }
         self.live.store(true, Ordering::SeqCst);

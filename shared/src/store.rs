@@ -54,6 +54,11 @@ impl Keys {
         format!("{}:{{{id}}}:reply", self.prefix)
     }
 
+    /// The record of an idempotency key (`scope` is a digest of route and key).
+    pub fn idempotency(&self, scope: &str) -> String {
+        format!("{}:idem:{{{scope}}}", self.prefix)
+    }
+
     /// Prefix of every node's notification channel.
     pub fn channel_prefix(&self) -> String {
         format!("{}:node:", self.prefix)
@@ -94,6 +99,18 @@ if ttl > 0 then
   redis.call('PEXPIRE', KEYS[2], ttl)
 end
 return {redis.call('GET', KEYS[3]), redis.call('HGET', KEYS[1], 'route')}
+";
+
+/// Claims an idempotency key for a new request, or returns the request that
+/// claimed it first.
+///
+/// KEYS: idempotency record. ARGV: `<id> <fingerprint>`, TTL in ms.
+/// Returns false when claimed now, else the stored `<id> <fingerprint>`.
+pub const CLAIM_IDEMPOTENCY_LUA: &str = r"
+local first = redis.call('GET', KEYS[1])
+if first then return first end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
 ";
 
 #[derive(Serialize, Deserialize)]
@@ -204,6 +221,7 @@ pub struct Store {
     ttl: Duration,
     store_script: redis::Script,
     join_script: redis::Script,
+    claim_script: redis::Script,
 }
 
 impl std::fmt::Debug for Store {
@@ -228,6 +246,7 @@ impl Store {
             ttl,
             store_script: redis::Script::new(STORE_REPLY_LUA),
             join_script: redis::Script::new(JOIN_AND_READ_LUA),
+            claim_script: redis::Script::new(CLAIM_IDEMPOTENCY_LUA),
         }
     }
 
@@ -343,24 +362,34 @@ impl Store {
         })
     }
 
-    /// Reads the stored replies of many ids at once (after a lost subscription).
+    /// Makes `node` a waiter of every id in `ids` and reads their replies: after
+    /// a lost subscription (Redis may have restarted empty) and for requests
+    /// that follow another one (same idempotency key), whose pending record may
+    /// not exist yet. One pipelined round trip; join before read, as always.
     ///
     /// # Errors
     /// [`StoreError`] when Redis does not answer.
-    pub async fn replies(&self, ids: &[String]) -> Result<Vec<(String, Reply)>, StoreError> {
+    pub async fn rejoin(
+        &self,
+        ids: &[String],
+        node: &str,
+    ) -> Result<Vec<(String, Reply)>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = ids.iter().map(|id| self.keys.reply(id)).collect();
+        let ttl = i64::try_from(ttl_ms(self.ttl)).unwrap_or(i64::MAX);
+        let mut pipe = redis::pipe();
+        for id in ids {
+            let waiters = self.keys.waiters(id);
+            pipe.sadd(&waiters, node)
+                .ignore()
+                .pexpire(&waiters, ttl)
+                .ignore()
+                .get(self.keys.reply(id));
+        }
         let values: Vec<Option<Vec<u8>>> = self
             .bounded(async {
                 let mut conn = self.pool.get().await?;
-                // One MGET per key: the keys of different ids may live in
-                // different cluster slots.
-                let mut pipe = redis::pipe();
-                for key in &keys {
-                    pipe.get(key);
-                }
                 Ok(pipe.query_async(&mut conn).await?)
             })
             .await?;
@@ -371,6 +400,53 @@ impl Store {
             }
         }
         Ok(found)
+    }
+
+    /// Claims idempotency record `scope` for request `id` with body `fingerprint`.
+    /// Returns `None` when claimed now, else the `(id, fingerprint)` of the
+    /// request that claimed it first.
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis does not answer.
+    pub async fn claim_idempotency(
+        &self,
+        scope: &str,
+        id: &str,
+        fingerprint: &str,
+        ttl: Duration,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let first: Option<String> = self
+            .bounded(async {
+                let mut conn = self.pool.get().await?;
+                let mut invocation = self.claim_script.key(self.keys.idempotency(scope));
+                invocation
+                    .arg(format!("{id} {fingerprint}"))
+                    .arg(ttl_ms(ttl));
+                Ok(invocation.invoke_async(&mut conn).await?)
+            })
+            .await?;
+        Ok(first.map(|v| match v.split_once(' ') {
+            Some((id, fp)) => (id.to_owned(), fp.to_owned()),
+            None => (v, String::new()),
+        }))
+    }
+
+    /// Releases an idempotency claim whose request was not produced, so that a
+    /// retry can go through.
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis does not acknowledge.
+    pub async fn release_idempotency(&self, scope: &str) -> Result<(), StoreError> {
+        let key = self.keys.idempotency(scope);
+        self.bounded(async {
+            let mut conn = self.pool.get().await?;
+            redis::cmd("DEL")
+                .arg(&key)
+                .query_async::<()>(&mut conn)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Stores a batch of replies and notifies their waiting nodes: one pipelined

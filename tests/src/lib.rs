@@ -142,6 +142,8 @@ pub struct Broker {
     /// Its port.
     pub port: u16,
     log: tempfile::NamedTempFile,
+    storage: String,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Broker {
@@ -151,16 +153,33 @@ impl Broker {
             child: None,
             port: free_port(),
             log: tempfile::NamedTempFile::new()?,
+            storage: "memory://tansu/".into(),
+            _dir: None,
         };
         broker.restart()?;
         Ok(broker)
     }
 
-    /// Starts it (again) on the same port; records of a previous run are gone.
+    /// Starts one that keeps its records in SQLite, so they survive a restart.
+    pub fn start_persistent() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut broker = Self {
+            child: None,
+            port: free_port(),
+            log: tempfile::NamedTempFile::new()?,
+            storage: format!("sqlite://{}", dir.path().join("tansu.db").display()),
+            _dir: Some(dir),
+        };
+        broker.restart()?;
+        Ok(broker)
+    }
+
+    /// Starts it (again) on the same port; in memory, records of a previous run
+    /// are gone; in SQLite they are kept.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let child = Command::new(tansu_bin())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &self.storage])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(self.log.reopen()?)
@@ -360,7 +379,159 @@ pub fn test_routes() -> Vec<RouteConfig> {
     ]
 }
 
-/// A whole Replyway stack for one test: broker, Redis, gateways, a collector
+/// A Replyway binary of this workspace, built next to the test executable
+/// (`make test` builds them first).
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// A Replyway binary running as an OS process, so a test can signal or kill it.
+pub struct Proc {
+    child: Child,
+    log: tempfile::NamedTempFile,
+    _config: tempfile::NamedTempFile,
+    /// Its HTTP address, for gateways.
+    pub addr: Option<SocketAddr>,
+}
+
+impl Proc {
+    /// Starts binary `name` with `settings` as its TOML file.
+    pub fn spawn<S: serde::Serialize>(
+        name: &str,
+        settings: &S,
+        addr: Option<SocketAddr>,
+    ) -> anyhow::Result<Self> {
+        let mut config = tempfile::Builder::new().suffix(".toml").tempfile()?;
+        std::io::Write::write_all(&mut config, toml::to_string(settings)?.as_bytes())?;
+        let log = tempfile::NamedTempFile::new()?;
+        let child = Command::new(bin_path(name))
+            .arg("--config")
+            .arg(config.path())
+            .env(
+                "RUST_LOG",
+                std::env::var("REPLYWAY_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log.reopen()?)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Self {
+            child,
+            log,
+            _config: config,
+            addr,
+        })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (`TERM`, `KILL`, …).
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} failed");
+        Ok(())
+    }
+
+    /// Waits until it exits, at most `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let started = Instant::now();
+        while started.elapsed() < within {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// Resident set size in KiB, from `/proc`.
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .context("no VmRSS line")?;
+        Ok(line
+            .split_whitespace()
+            .nth(1)
+            .context("no VmRSS value")?
+            .parse()?)
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A gateway or collector: in this process, or an OS process of its own.
+pub enum Node {
+    /// A task in the test's runtime.
+    InProcess(Running),
+    /// A child process.
+    Process(Proc),
+}
+
+impl Node {
+    /// `http://addr{path}` for a gateway.
+    pub fn url(&self, path: &str) -> String {
+        let addr = match self {
+            Self::InProcess(r) => r.addr,
+            Self::Process(p) => p.addr,
+        };
+        format!("http://{}{path}", addr.expect("a gateway has an address"))
+    }
+
+    /// Stops it gracefully (cancel, or SIGTERM) and waits.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        match self {
+            Self::InProcess(r) => r.stop().await,
+            Self::Process(p) => {
+                if p.child.try_wait()?.is_none() {
+                    p.signal("TERM")?;
+                    p.wait_exit(Duration::from_secs(20))
+                        .await
+                        .context("did not exit after SIGTERM")?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The process, for signals and `/proc`.
+    pub fn process(&mut self) -> &mut Proc {
+        match self {
+            Self::Process(p) => p,
+            Self::InProcess(_) => panic!("this node runs in the test process"),
+        }
+    }
+}
+
+/// A whole Replyway stack for one test: broker, Redis, gateways, collectors
 /// and the echo service.
 pub struct Stack {
     /// The broker.
@@ -370,42 +541,72 @@ pub struct Stack {
     /// Key prefix of this stack.
     pub prefix: String,
     /// Gateways.
-    pub gateways: Vec<Running>,
-    /// Collector.
-    pub collector: Running,
-    /// Collector counters.
+    pub gateways: Vec<Node>,
+    /// Collectors.
+    pub collectors: Vec<Node>,
+    /// Counters of the first collector, when it runs in this process.
     pub collector_stats: Arc<replyway_collector::Stats>,
     /// Echo service.
     pub echo: Running,
     /// HTTP client.
     pub http: reqwest::Client,
+    /// The settings the gateways started with.
+    pub gateway_settings: replyway_gateway::Settings,
+    /// The settings the collectors started with.
+    pub collector_settings: replyway_collector::Settings,
 }
 
 /// How a test wants its stack.
 pub struct StackOptions {
     /// Gateway replicas.
     pub gateways: usize,
+    /// Collector replicas.
+    pub collectors: usize,
+    /// Run gateways and collectors as OS processes (to signal or kill them).
+    pub processes: bool,
+    /// Keep the broker's records in SQLite, so they survive a broker restart.
+    pub persistent_broker: bool,
     /// Bound on waiting requests per gateway.
     pub max_waiting: usize,
+    /// Dead-letter topic of the collectors (created with the other topics).
+    pub dead_letter_topic: Option<String>,
+    /// Changes to the gateway settings.
+    pub gateway: fn(&mut replyway_gateway::Settings),
+    /// Changes to the collector settings.
+    pub collector: fn(&mut replyway_collector::Settings),
 }
 
 impl Default for StackOptions {
     fn default() -> Self {
         Self {
             gateways: 1,
+            collectors: 1,
+            processes: false,
+            persistent_broker: false,
             max_waiting: 10_000,
+            dead_letter_topic: None,
+            gateway: |_| {},
+            collector: |_| {},
         }
     }
 }
 
 impl Stack {
-    /// Starts broker, Redis, topics, gateways, collector and echo, and waits
-    /// until a request makes the whole round trip.
+    /// Starts broker, Redis, topics, gateways, collectors and echo, and waits
+    /// until a request makes the whole round trip on every gateway.
     pub async fn start(options: StackOptions) -> anyhow::Result<Self> {
         init_logs();
-        let broker = Broker::start()?;
+        let broker = if options.persistent_broker {
+            Broker::start_persistent()?
+        } else {
+            Broker::start()?
+        };
         let redis = RedisServer::start()?;
-        broker.create_topics(&[ECHO_TOPIC, REPLY_TOPIC], 3).await?;
+        let mut topics = vec![ECHO_TOPIC, REPLY_TOPIC];
+        if let Some(dlq) = &options.dead_letter_topic {
+            topics.push(dlq);
+        }
+        broker.create_topics(&topics, 3).await?;
         let prefix = format!("rwtest{}", free_port());
         let kafka = broker.kafka_settings();
         let redis_settings = RedisSettings {
@@ -416,39 +617,72 @@ impl Stack {
             ..RedisSettings::default()
         };
 
+        let mut gateway_settings = replyway_gateway::Settings {
+            max_waiting: options.max_waiting,
+            max_poll_wait: Duration::from_secs(30),
+            produce_timeout: Duration::from_secs(2),
+            idempotency_ttl: Duration::from_secs(60),
+            reply_topic: REPLY_TOPIC.into(),
+            redis: redis_settings.clone(),
+            kafka: kafka.clone(),
+            routes: test_routes(),
+            ..replyway_gateway::Settings::default()
+        };
+        (options.gateway)(&mut gateway_settings);
         let mut gateways = Vec::new();
         for _ in 0..options.gateways {
-            let settings = replyway_gateway::Settings {
-                max_waiting: options.max_waiting,
-                max_poll_wait: Duration::from_secs(30),
-                produce_timeout: Duration::from_secs(2),
-                reply_topic: REPLY_TOPIC.into(),
-                redis: redis_settings.clone(),
-                kafka: kafka.clone(),
-                routes: test_routes(),
-                ..replyway_gateway::Settings::default()
-            };
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let addr = listener.local_addr()?;
-            let token = CancellationToken::new();
-            gateways.push(Running::spawn(
-                Some(addr),
-                token.clone(),
-                replyway_gateway::run(settings, listener, token),
-            ));
+            if options.processes {
+                let port = free_port();
+                let settings = replyway_gateway::Settings {
+                    listen: format!("127.0.0.1:{port}"),
+                    ..gateway_settings.clone()
+                };
+                let addr = SocketAddr::from(([127, 0, 0, 1], port));
+                gateways.push(Node::Process(Proc::spawn(
+                    "replyway-gateway",
+                    &settings,
+                    Some(addr),
+                )?));
+            } else {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let addr = listener.local_addr()?;
+                let token = CancellationToken::new();
+                let run = replyway_gateway::run(gateway_settings.clone(), listener, token.clone());
+                gateways.push(Node::InProcess(Running::spawn(Some(addr), token, run)));
+            }
         }
 
-        let collector_settings = replyway_collector::Settings {
+        let mut collector_settings = replyway_collector::Settings {
             topics: vec![REPLY_TOPIC.into()],
             group_id: format!("{prefix}-collector"),
+            dead_letter_topic: options.dead_letter_topic.clone(),
             redis: redis_settings.clone(),
             kafka: kafka.clone(),
             ..replyway_collector::Settings::default()
         };
-        let collector = replyway_collector::Collector::new(&collector_settings)?;
-        let collector_stats = collector.stats();
-        let token = CancellationToken::new();
-        let collector = Running::spawn(None, token.clone(), collector.run(token));
+        (options.collector)(&mut collector_settings);
+        let mut collectors = Vec::new();
+        let mut collector_stats = Arc::default();
+        for i in 0..options.collectors {
+            if options.processes {
+                collectors.push(Node::Process(Proc::spawn(
+                    "replyway-collector",
+                    &collector_settings,
+                    None,
+                )?));
+            } else {
+                let collector = replyway_collector::Collector::new(&collector_settings)?;
+                if i == 0 {
+                    collector_stats = collector.stats();
+                }
+                let token = CancellationToken::new();
+                collectors.push(Node::InProcess(Running::spawn(
+                    None,
+                    token.clone(),
+                    collector.run(token),
+                )));
+            }
+        }
 
         let echo_settings = replyway_echo::Settings {
             topics: vec![ECHO_TOPIC.into()],
@@ -466,13 +700,15 @@ impl Stack {
             redis,
             prefix,
             gateways,
-            collector,
+            collectors,
             collector_stats,
             echo,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
                 .pool_max_idle_per_host(1000)
                 .build()?,
+            gateway_settings,
+            collector_settings,
         };
         stack.wait_until_ready().await?;
         Ok(stack)
@@ -504,9 +740,19 @@ impl Stack {
                     }
                 }
                 if started.elapsed() > Duration::from_secs(60) {
+                    let logs: Vec<String> = self
+                        .gateways
+                        .iter()
+                        .chain(&self.collectors)
+                        .filter_map(|n| match n {
+                            Node::Process(p) => Some(p.log()),
+                            Node::InProcess(_) => None,
+                        })
+                        .collect();
                     bail!(
-                        "the stack did not become ready within 60 s; broker log:\n{}",
-                        self.broker.log()
+                        "the stack did not become ready within 60 s; broker log:\n{}\nprocess logs:\n{}",
+                        self.broker.log(),
+                        logs.join("\n---\n")
                     );
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -515,7 +761,7 @@ impl Stack {
         Ok(())
     }
 
-    /// Stops gateways, collector and echo (each commits and leaves its group),
+    /// Stops gateways, collectors and echo (each commits and leaves its group),
     /// then the broker and Redis. Ends a test: stopping the broker first would
     /// leave the consumers waiting for a coordinator that is gone.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
@@ -523,11 +769,13 @@ impl Stack {
             gateway.stop().await?;
         }
         let stopped = tokio::time::timeout(Duration::from_secs(20), async {
-            self.collector.stop().await?;
+            for collector in &mut self.collectors {
+                collector.stop().await?;
+            }
             self.echo.stop().await
         })
         .await;
-        stopped.context("collector and echo did not stop within 20 s")??;
+        stopped.context("collectors and echo did not stop within 20 s")??;
         Ok(())
     }
 
@@ -543,6 +791,41 @@ impl Stack {
             .arg(format!("{}:{pattern}", self.prefix))
             .query_async(&mut conn)
             .await?)
+    }
+
+    /// Records of `topic` read from the start by a fresh consumer group, until
+    /// `done` says enough or `within` passes.
+    pub async fn read_topic<F>(
+        &self,
+        topic: &str,
+        within: Duration,
+        mut done: F,
+    ) -> anyhow::Result<Vec<rdkafka::message::OwnedMessage>>
+    where
+        F: FnMut(&[rdkafka::message::OwnedMessage]) -> bool,
+    {
+        use rdkafka::consumer::StreamConsumer;
+        let group = format!("{}-reader-{}", self.prefix, free_port());
+        let consumer: StreamConsumer = self
+            .broker
+            .kafka_settings()
+            .consumer_config(&group)
+            .create()?;
+        consumer.subscribe(&[topic])?;
+        let mut records = Vec::new();
+        let deadline = Instant::now() + within;
+        while !done(&records) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            anyhow::ensure!(
+                !left.is_zero(),
+                "read {} records of {topic} before the deadline",
+                records.len()
+            );
+            if let Ok(message) = tokio::time::timeout(left, consumer.recv()).await {
+                records.push(message?.detach());
+            }
+        }
+        Ok(records)
     }
 }
 
