@@ -167,7 +167,8 @@ impl Broker {
             child: None,
             port: free_port(),
             log: tempfile::NamedTempFile::new()?,
-            storage: format!("sqlite://{}", dir.path().join("tansu.db").display()),
+            // tansu resolves the SQLite path against its working directory.
+            storage: "sqlite://tansu.db".into(),
             _dir: Some(dir),
         };
         broker.restart()?;
@@ -180,8 +181,9 @@ impl Broker {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let child = Command::new(tansu_bin())
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &self.storage])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .env("RUST_LOG", std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".into()))
+            .current_dir(self._dir.as_ref().map_or_else(std::env::temp_dir, |d| d.path().to_owned()))
+            .stdout(self.log.reopen()?)
             .stderr(self.log.reopen()?)
             .spawn()
             .context("starting tansu (install it: cargo install tansu --version 0.6.0 --locked --features dynostore,libsql)")?;
@@ -214,6 +216,14 @@ impl Broker {
         kafka
             .producer
             .insert("message.timeout.ms".into(), "3000".into());
+        if self._dir.is_some() {
+            // tansu 0.6's SQLite engine panics ("more or less than one row") when
+            // an idempotent producer re-initialises after a broker restart; the
+            // memory engine and Apache Kafka do not. Replyway's default stays on.
+            kafka
+                .producer
+                .insert("enable.idempotence".into(), "false".into());
+        }
         kafka
     }
 

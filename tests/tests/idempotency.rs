@@ -9,7 +9,12 @@ use replyway_tests::{ECHO_TOPIC, Stack, StackOptions};
 
 type TestResult = anyhow::Result<()>;
 
-async fn post(stack: &Stack, gateway: usize, key: &str, body: &str) -> anyhow::Result<(u16, String, String)> {
+async fn post(
+    stack: &Stack,
+    gateway: usize,
+    key: &str,
+    body: &str,
+) -> anyhow::Result<(u16, String, String)> {
     let response = stack
         .http
         .post(stack.url(gateway, "/echo"))
@@ -18,13 +23,22 @@ async fn post(stack: &Stack, gateway: usize, key: &str, body: &str) -> anyhow::R
         .send()
         .await?;
     let status = response.status().as_u16();
-    let id = response.headers().get("correlation-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let id = response
+        .headers()
+        .get("correlation-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     Ok((status, id, response.text().await?))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_retry_gets_the_same_reply_and_produces_nothing() -> TestResult {
-    let stack = Stack::start(StackOptions { gateways: 2, ..StackOptions::default() }).await?;
+    let stack = Stack::start(StackOptions {
+        gateways: 2,
+        ..StackOptions::default()
+    })
+    .await?;
     let before = stack.broker.record_count(ECHO_TOPIC)?;
     let (status, id, body) = post(&stack, 0, "order-1", r#"{"n":1}"#).await?;
     assert_eq!((status, body.as_str()), (200, r#"{"n":1}"#));
@@ -32,7 +46,11 @@ async fn a_retry_gets_the_same_reply_and_produces_nothing() -> TestResult {
     let (status, retry_id, body) = post(&stack, 1, "order-1", r#"{"n":1}"#).await?;
     assert_eq!((status, body.as_str()), (200, r#"{"n":1}"#));
     assert_eq!(retry_id, id);
-    assert_eq!(stack.broker.record_count(ECHO_TOPIC)? - before, 1, "the retry was produced again");
+    assert_eq!(
+        stack.broker.record_count(ECHO_TOPIC)? - before,
+        1,
+        "the retry was produced again"
+    );
 
     // Same key, other body: 422, nothing produced.
     let (status, _, problem) = post(&stack, 1, "order-1", r#"{"n":2}"#).await?;
@@ -46,7 +64,13 @@ async fn a_retry_gets_the_same_reply_and_produces_nothing() -> TestResult {
 
     // Malformed keys.
     for bad in ["\"unterminated", "\"\"", &"k".repeat(300)] {
-        let r = stack.http.post(stack.url(0, "/echo")).header("idempotency-key", bad).body("x").send().await?;
+        let r = stack
+            .http
+            .post(stack.url(0, "/echo"))
+            .header("idempotency-key", bad)
+            .body("x")
+            .send()
+            .await?;
         assert_eq!(r.status(), 400, "key {bad:?}");
     }
     stack.shutdown().await
@@ -54,7 +78,11 @@ async fn a_retry_gets_the_same_reply_and_produces_nothing() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_first_requests_on_two_replicas_produce_one_command() -> TestResult {
-    let stack = Stack::start(StackOptions { gateways: 2, ..StackOptions::default() }).await?;
+    let stack = Stack::start(StackOptions {
+        gateways: 2,
+        ..StackOptions::default()
+    })
+    .await?;
     let before = stack.broker.record_count(ECHO_TOPIC)?;
     let body = r#"{"sleep_ms":700,"transfer":"a->b"}"#;
     let results = join_all((0..10).map(|i| post(&stack, i % 2, "transfer-77", body))).await;
@@ -65,10 +93,18 @@ async fn concurrent_first_requests_on_two_replicas_produce_one_command() -> Test
         assert_eq!(answer, body);
         ids.insert(id);
     }
-    assert_eq!(ids.len(), 1, "concurrent retries got different correlations: {ids:?}");
+    assert_eq!(
+        ids.len(),
+        1,
+        "concurrent retries got different correlations: {ids:?}"
+    );
     // Give a stray second command time to show up before counting.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(stack.broker.record_count(ECHO_TOPIC)? - before, 1, "more than one command produced");
+    assert_eq!(
+        stack.broker.record_count(ECHO_TOPIC)? - before,
+        1,
+        "more than one command produced"
+    );
 
     // A retry while the first is still in flight waits for the same reply.
     let slow = r#"{"sleep_ms":1500}"#;
