@@ -107,9 +107,9 @@ impl Collector {
             }
             None => None,
         };
-        let pool = settings.redis.pool()?;
+        let connections = settings.redis.connections()?;
         let store = Store::new(
-            pool,
+            connections,
             Keys::new(&settings.redis.prefix),
             settings.redis.timeout,
             settings.redis.ttl,

@@ -38,10 +38,10 @@ pub struct Settings {
     /// the remaining connections are closed.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
-    /// How long an `Idempotency-Key` is remembered (at most `redis.ttl`, so
-    /// that a retry finds the reply).
-    #[serde(with = "humantime_serde")]
-    pub idempotency_ttl: Duration,
+    /// How long an `Idempotency-Key` is remembered: at most `redis.ttl` (so
+    /// that a retry finds the reply), and `redis.ttl` when unset.
+    #[serde(default, with = "humantime_serde")]
+    pub idempotency_ttl: Option<Duration>,
     /// Topic that services reply to (`reply-to` of every command).
     pub reply_topic: String,
     /// Redis.
@@ -65,7 +65,7 @@ impl Default for Settings {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
-            idempotency_ttl: Duration::from_secs(600),
+            idempotency_ttl: None,
             reply_topic: "replyway.replies".into(),
             redis: RedisSettings::default(),
             kafka: KafkaSettings::default(),
@@ -76,6 +76,11 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// How long an idempotency key is remembered.
+    pub fn idempotency_ttl(&self) -> Duration {
+        self.idempotency_ttl.unwrap_or(self.redis.ttl)
+    }
+
     /// Checks every setting and builds the route table.
     ///
     /// # Errors
@@ -109,13 +114,13 @@ impl Settings {
         for (name, value) in [
             ("header_read_timeout", self.header_read_timeout),
             ("body_read_timeout", self.body_read_timeout),
-            ("idempotency_ttl", self.idempotency_ttl),
+            ("idempotency_ttl", self.idempotency_ttl()),
         ] {
             if value.is_zero() {
                 return Err(InvalidSetting::new(name, "must be more than 0"));
             }
         }
-        if self.idempotency_ttl > self.redis.ttl {
+        if self.idempotency_ttl() > self.redis.ttl {
             return Err(InvalidSetting::new(
                 "idempotency_ttl",
                 "must not exceed redis.ttl: a retry must find the reply",

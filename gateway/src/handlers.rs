@@ -207,7 +207,7 @@ async fn request_reply(
             let fingerprint = digest(&[method.as_str().as_bytes(), uri.path().as_bytes(), &body]);
             let first = state
                 .store
-                .claim_idempotency(&scope, &id, &fingerprint, state.settings.idempotency_ttl)
+                .claim_idempotency(&scope, &id, &fingerprint, state.settings.idempotency_ttl())
                 .await
                 .map_err(GatewayError::Redis)?;
             if let Some((first_id, first_fingerprint)) = first {

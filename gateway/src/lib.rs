@@ -85,9 +85,9 @@ impl AppState {
             .node_id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-        let pool = settings.redis.pool()?;
+        let connections = settings.redis.connections()?;
         let store = Store::new(
-            pool,
+            connections,
             Keys::new(&settings.redis.prefix),
             settings.redis.timeout,
             settings.redis.ttl,

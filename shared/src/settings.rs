@@ -59,7 +59,7 @@ pub struct RedisSettings {
     /// Bound on every Redis operation.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
-    /// Connections in the pool.
+    /// Multiplexed connections per process (concurrent operations share them).
     pub pool_size: usize,
 }
 
@@ -70,7 +70,7 @@ impl Default for RedisSettings {
             prefix: "replyway".into(),
             ttl: Duration::from_secs(600),
             timeout: Duration::from_secs(2),
-            pool_size: 16,
+            pool_size: 2,
         }
     }
 }
@@ -127,26 +127,29 @@ impl RedisSettings {
         if self.timeout.is_zero() {
             return Err(InvalidSetting::new("redis.timeout", "must be more than 0"));
         }
-        if self.pool_size == 0 {
-            return Err(InvalidSetting::new("redis.pool_size", "must be at least 1"));
+        if self.pool_size == 0 || self.pool_size > 64 {
+            return Err(InvalidSetting::new("redis.pool_size", "must be 1 to 64"));
         }
         Ok(())
     }
 
-    /// A connection pool; connections are made lazily, so Redis need not be up yet.
+    /// `pool_size` multiplexed connections, made lazily (Redis need not be up
+    /// yet) and re-made by themselves after a loss.
     ///
     /// # Errors
     /// [`InvalidSetting`] when the URL cannot be used.
-    pub fn pool(&self) -> Result<deadpool_redis::Pool, InvalidSetting> {
-        let mut config = deadpool_redis::Config::from_url(self.url.clone());
-        let mut pool = deadpool_redis::PoolConfig::new(self.pool_size);
-        pool.timeouts.wait = Some(self.timeout);
-        pool.timeouts.create = Some(self.timeout);
-        pool.timeouts.recycle = Some(self.timeout);
-        config.pool = Some(pool);
-        config
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-            .map_err(|e| InvalidSetting::new("redis.url", e.to_string()))
+    pub fn connections(&self) -> Result<Vec<redis::aio::ConnectionManager>, InvalidSetting> {
+        let client = self.client()?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_max_delay(std::time::Duration::from_secs(1));
+        (0..self.pool_size)
+            .map(|_| {
+                redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                    .map_err(|e| InvalidSetting::new("redis.url", e.to_string()))
+            })
+            .collect()
     }
 
     /// A client for dedicated connections (the gateway's subscription).

@@ -20,7 +20,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use deadpool_redis::Pool;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 use crate::record::Reply;
@@ -101,6 +104,19 @@ end
 return {redis.call('GET', KEYS[3]), redis.call('HGET', KEYS[1], 'route')}
 ";
 
+/// Records a request as pending and, with a node id, makes that node its waiter.
+///
+/// KEYS: pending, waiters. ARGV: route, created (unix ms), TTL in ms, node id or "".
+pub const CREATE_PENDING_LUA: &str = r"
+redis.call('HSET', KEYS[1], 'route', ARGV[1], 'created', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+if ARGV[4] ~= '' then
+  redis.call('SADD', KEYS[2], ARGV[4])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
+return 1
+";
+
 /// Claims an idempotency key for a new request, or returns the request that
 /// claimed it first.
 ///
@@ -178,9 +194,6 @@ pub fn decode_notification(payload: &[u8]) -> Result<(String, Reply), DecodeErro
 /// A Redis operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// No connection could be had from the pool.
-    #[error("redis connection: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
     /// A command failed.
     #[error("redis command: {0}")]
     Redis(#[from] redis::RedisError),
@@ -215,13 +228,15 @@ pub struct ReplyToStore {
 /// The Redis operations of the gateway and the collector, over a connection pool.
 #[derive(Clone)]
 pub struct Store {
-    pool: Pool,
+    connections: Arc<[ConnectionManager]>,
+    next: Arc<AtomicUsize>,
     keys: Keys,
     timeout: Duration,
     ttl: Duration,
     store_script: redis::Script,
     join_script: redis::Script,
     claim_script: redis::Script,
+    create_script: redis::Script,
 }
 
 impl std::fmt::Debug for Store {
@@ -237,17 +252,36 @@ fn ttl_ms(ttl: Duration) -> u64 {
 }
 
 impl Store {
-    /// Operations on `pool` under `keys`; each bounded by `timeout`; records kept for `ttl`.
-    pub fn new(pool: Pool, keys: Keys, timeout: Duration, ttl: Duration) -> Self {
+    /// Operations on `connections` under `keys`; each bounded by `timeout`; records kept for `ttl`.
+    ///
+    /// The connections are multiplexed: concurrent operations share them, with
+    /// no checkout round trip; they reconnect by themselves.
+    ///
+    /// # Panics
+    /// When `connections` is empty.
+    pub fn new(
+        connections: Vec<ConnectionManager>,
+        keys: Keys,
+        timeout: Duration,
+        ttl: Duration,
+    ) -> Self {
+        assert!(!connections.is_empty(), "a store needs a connection");
         Self {
-            pool,
+            connections: connections.into(),
+            next: Arc::default(),
             keys,
             timeout,
             ttl,
             store_script: redis::Script::new(STORE_REPLY_LUA),
             join_script: redis::Script::new(JOIN_AND_READ_LUA),
             claim_script: redis::Script::new(CLAIM_IDEMPOTENCY_LUA),
+            create_script: redis::Script::new(CREATE_PENDING_LUA),
         }
+    }
+
+    fn connection(&self) -> ConnectionManager {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
+        self.connections[i].clone()
     }
 
     /// The key names.
@@ -270,7 +304,7 @@ impl Store {
     /// [`StoreError`] when it does not.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.bounded(async {
-            let mut conn = self.pool.get().await?;
+            let mut conn = self.connection();
             redis::cmd("PING").query_async::<()>(&mut conn).await?;
             Ok(())
         })
@@ -288,27 +322,16 @@ impl Store {
         created_ms: u64,
         waiter: Option<&str>,
     ) -> Result<(), StoreError> {
-        let ttl = ttl_ms(self.ttl);
-        let pending = self.keys.pending(id);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hset_multiple(
-                &pending,
-                &[("route", route), ("created", &created_ms.to_string())],
-            )
-            .ignore()
-            .pexpire(&pending, i64::try_from(ttl).unwrap_or(i64::MAX))
-            .ignore();
-        if let Some(node) = waiter {
-            let waiters = self.keys.waiters(id);
-            pipe.sadd(&waiters, node)
-                .ignore()
-                .pexpire(&waiters, i64::try_from(ttl).unwrap_or(i64::MAX))
-                .ignore();
-        }
+        let mut invocation = self.create_script.key(self.keys.pending(id));
+        invocation
+            .key(self.keys.waiters(id))
+            .arg(route)
+            .arg(created_ms)
+            .arg(ttl_ms(self.ttl))
+            .arg(waiter.unwrap_or_default());
         self.bounded(async {
-            let mut conn = self.pool.get().await?;
-            pipe.query_async::<()>(&mut conn).await?;
+            let mut conn = self.connection();
+            invocation.invoke_async::<()>(&mut conn).await?;
             Ok(())
         })
         .await
@@ -321,7 +344,7 @@ impl Store {
     pub async fn delete_pending(&self, id: &str) -> Result<(), StoreError> {
         let keys = [self.keys.pending(id), self.keys.waiters(id)];
         self.bounded(async {
-            let mut conn = self.pool.get().await?;
+            let mut conn = self.connection();
             redis::cmd("DEL")
                 .arg(&keys)
                 .query_async::<()>(&mut conn)
@@ -339,7 +362,7 @@ impl Store {
     pub async fn lookup(&self, id: &str, waiter: Option<&str>) -> Result<Lookup, StoreError> {
         let (reply, route): (Option<Vec<u8>>, Option<String>) = self
             .bounded(async {
-                let mut conn = self.pool.get().await?;
+                let mut conn = self.connection();
                 if let Some(node) = waiter {
                     let mut invocation = self.join_script.key(self.keys.pending(id));
                     invocation
@@ -389,7 +412,7 @@ impl Store {
         }
         let values: Vec<Option<Vec<u8>>> = self
             .bounded(async {
-                let mut conn = self.pool.get().await?;
+                let mut conn = self.connection();
                 Ok(pipe.query_async(&mut conn).await?)
             })
             .await?;
@@ -417,7 +440,7 @@ impl Store {
     ) -> Result<Option<(String, String)>, StoreError> {
         let first: Option<String> = self
             .bounded(async {
-                let mut conn = self.pool.get().await?;
+                let mut conn = self.connection();
                 let mut invocation = self.claim_script.key(self.keys.idempotency(scope));
                 invocation
                     .arg(format!("{id} {fingerprint}"))
@@ -439,7 +462,7 @@ impl Store {
     pub async fn release_idempotency(&self, scope: &str) -> Result<(), StoreError> {
         let key = self.keys.idempotency(scope);
         self.bounded(async {
-            let mut conn = self.pool.get().await?;
+            let mut conn = self.connection();
             redis::cmd("DEL")
                 .arg(&key)
                 .query_async::<()>(&mut conn)
@@ -477,7 +500,7 @@ impl Store {
             pipe
         };
         self.bounded(async {
-            let mut conn = self.pool.get().await?;
+            let mut conn = self.connection();
             let result: Result<Vec<i64>, _> = build().query_async(&mut conn).await;
             let stored = match result {
                 Err(e)

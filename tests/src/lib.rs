@@ -392,18 +392,21 @@ pub fn test_routes() -> Vec<RouteConfig> {
 /// A Replyway binary of this workspace, built next to the test executable
 /// (`make test` builds them first).
 pub fn bin_path(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build --workspace --bins` first (make test does)",
-        path.display()
-    );
-    path
+    let exe = std::env::current_exe().expect("the running executable's path");
+    // A test runs from target/<profile>/deps, a binary (the benchmark) from
+    // target/<profile>.
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join(name))
+        .collect();
+    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
+        panic!(
+            "{name} is missing next to {}: run `cargo build --workspace --bins` first (make test does)",
+            exe.display()
+        )
+    })
 }
 
 /// A Replyway binary running as an OS process, so a test can signal or kill it.
@@ -422,16 +425,24 @@ impl Proc {
         settings: &S,
         addr: Option<SocketAddr>,
     ) -> anyhow::Result<Self> {
+        let log = std::env::var("REPLYWAY_TEST_LOG").unwrap_or_else(|_| "info".into());
+        Self::spawn_with_log(name, settings, addr, &log)
+    }
+
+    /// Starts binary `name` with `settings` as its TOML file and `RUST_LOG=log`.
+    pub fn spawn_with_log<S: serde::Serialize>(
+        name: &str,
+        settings: &S,
+        addr: Option<SocketAddr>,
+        log_filter: &str,
+    ) -> anyhow::Result<Self> {
         let mut config = tempfile::Builder::new().suffix(".toml").tempfile()?;
         std::io::Write::write_all(&mut config, toml::to_string(settings)?.as_bytes())?;
         let log = tempfile::NamedTempFile::new()?;
         let child = Command::new(bin_path(name))
             .arg("--config")
             .arg(config.path())
-            .env(
-                "RUST_LOG",
-                std::env::var("REPLYWAY_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", log_filter)
             .stdout(Stdio::null())
             .stderr(log.reopen()?)
             .spawn()
@@ -631,7 +642,7 @@ impl Stack {
             max_waiting: options.max_waiting,
             max_poll_wait: Duration::from_secs(30),
             produce_timeout: Duration::from_secs(2),
-            idempotency_ttl: Duration::from_secs(60),
+            idempotency_ttl: Some(Duration::from_secs(60)),
             reply_topic: REPLY_TOPIC.into(),
             redis: redis_settings.clone(),
             kafka: kafka.clone(),
