@@ -1,8 +1,9 @@
-# Replyway: the two commands a new user needs.
+# Replyway: the commands a new user needs.
 #   make run   - install what is missing, build, start the whole stack locally
-#   make test  - the whole test suite (what CI runs)
+#   make test  - the whole test suite, and the benchmark in smoke mode (what CI runs)
+#   make bench - the benchmark (fresh broker and Redis; results in bench/results/)
 
-.PHONY: run test deps build lint
+.PHONY: run test deps build lint bench
 
 deps:
 	@scripts/install-deps.sh
@@ -13,6 +14,11 @@ run: deps
 test: deps
 	cargo build --workspace --bins --locked
 	cargo test --workspace --locked
+	target/debug/replyway-bench --smoke --out target/bench-smoke
+
+bench: deps
+	cargo build --release --workspace --bins --locked
+	target/release/replyway-bench $(BENCH_ARGS)
 
 build:
 	cargo build --workspace --release --locked

@@ -84,6 +84,9 @@ pub struct RunResult {
     pub gateway_cpu_per_1k: Option<f64>,
     /// Collector CPU seconds per 1000 requests.
     pub collector_cpu_per_1k: Option<f64>,
+    /// CPU seconds per 1000 requests of the broker, the echo service and the
+    /// benchmark's own client: where the cores went.
+    pub others_cpu_per_1k: Option<(f64, f64, f64, f64)>,
     /// Peak RSS of the largest gateway, MiB.
     pub gateway_peak_mib: Option<f64>,
     /// Peak RSS of the collector, MiB.
@@ -190,6 +193,34 @@ impl Bench {
         Proc::spawn_with_log(name, settings, addr, &self.log)
     }
 
+    /// CPU seconds so far of the broker, `echo`, this process and Redis.
+    fn others(&self, echo: u32) -> anyhow::Result<(f64, f64, f64, f64)> {
+        let broker = self.broker.pid().context("the broker is not running")?;
+        let redis = self.redis.pid().context("redis is not running")?;
+        let cpu = |pid: u32| ProcStats::of(pid).map(|s| s.cpu_seconds);
+        Ok((
+            cpu(broker)?,
+            cpu(echo)?,
+            cpu(std::process::id())?,
+            cpu(redis)?,
+        ))
+    }
+
+    fn others_per_1k(
+        &self,
+        before: (f64, f64, f64, f64),
+        echo: u32,
+    ) -> anyhow::Result<(f64, f64, f64, f64)> {
+        let after = self.others(echo)?;
+        let k = 1000.0 / self.args.requests as f64;
+        Ok((
+            (after.0 - before.0) * k,
+            (after.1 - before.1) * k,
+            (after.2 - before.2) * k,
+            (after.3 - before.3) * k,
+        ))
+    }
+
     /// Fresh topics for one run.
     async fn topics(&self, run: &str) -> anyhow::Result<(String, String)> {
         let (requests, replies) = (format!("{run}.requests"), format!("{run}.replies"));
@@ -211,7 +242,7 @@ impl Bench {
     async fn run_raw(&self, concurrency: usize) -> anyhow::Result<RunResult> {
         let run = format!("raw-c{concurrency}-{}", free_port());
         let (requests, replies) = self.topics(&run).await?;
-        let _echo = self.echo(&run, &requests, 1000)?;
+        let echo = self.echo(&run, &requests, 1000)?;
         let client = RawClient::start(&self.kafka(), &run, requests, replies)?;
         let client = Arc::new(client);
         wait_until(|| {
@@ -242,11 +273,13 @@ impl Bench {
             call(body)
         })
         .await?;
+        let others = self.others(echo.pid())?;
         let (elapsed, latencies) = self
             .drive_indexed("raw", &run, concurrency, self.args.requests, |_, body| {
                 call(body)
             })
             .await?;
+        let others = self.others_per_1k(others, echo.pid())?;
         Ok(RunResult {
             mode: "raw".into(),
             concurrency,
@@ -257,6 +290,7 @@ impl Bench {
             redis_calls_per_request: None,
             gateway_cpu_per_1k: None,
             collector_cpu_per_1k: None,
+            others_cpu_per_1k: Some(others),
             gateway_peak_mib: None,
             collector_peak_mib: None,
         })
@@ -356,7 +390,7 @@ impl Bench {
             })?;
         }
         Ok(Stack {
-            _echo: echo,
+            echo,
             collector,
             gateways: procs,
             urls,
@@ -389,6 +423,7 @@ impl Bench {
         self.drive_indexed(&mode, &run, concurrency, self.args.warmup, call)
             .await?;
         let redis_before = redis_calls(&self.redis).await?;
+        let others = self.others(stack.echo.pid())?;
         let cpu_before: Vec<f64> = stack
             .gateways
             .iter()
@@ -399,6 +434,7 @@ impl Bench {
             .drive_indexed(&mode, &run, concurrency, self.args.requests, call)
             .await?;
         let redis_after = redis_calls(&self.redis).await?;
+        let others = self.others_per_1k(others, stack.echo.pid())?;
         let after: Vec<ProcStats> = stack
             .gateways
             .iter()
@@ -427,6 +463,7 @@ impl Bench {
             ),
             gateway_cpu_per_1k: Some(per_1k(gateway_cpu)),
             collector_cpu_per_1k: Some(per_1k(collector_cpu)),
+            others_cpu_per_1k: Some(others),
             gateway_peak_mib: after[..gateways]
                 .iter()
                 .map(|s| s.peak_rss_kib as f64 / 1024.0)
@@ -437,11 +474,25 @@ impl Bench {
 
     /// Holds `n` requests waiting at one gateway and reads its RSS before and
     /// while they wait. Returns (KiB before, KiB while waiting).
-    async fn waiting_memory(&self, n: usize) -> anyhow::Result<(u64, u64, usize)> {
+    async fn waiting_memory(&self, n: usize) -> anyhow::Result<Waiting> {
         let run = format!("wait-{}", free_port());
         eprintln!("[waiting] {n} requests held at once ...");
         let stack = self.start_replyway(&run, 1, n + 10, n + 10).await?;
         let gateway = &stack.gateways[0];
+        // First the cost of the connections alone: n idle TCP connections.
+        let base = ProcStats::of(gateway.pid())?.rss_kib;
+        let addr = stack.urls[0]
+            .trim_start_matches("http://")
+            .trim_end_matches(ROUTE)
+            .to_owned();
+        let mut idle = Vec::with_capacity(n);
+        for _ in 0..n {
+            idle.push(tokio::net::TcpStream::connect(&addr).await?);
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let with_idle = ProcStats::of(gateway.pid())?.rss_kib;
+        drop(idle);
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let before = ProcStats::of(gateway.pid())?.rss_kib;
         let hold_ms = 8000;
         let started = Instant::now();
@@ -473,7 +524,13 @@ impl Bench {
         for r in futures::future::join_all(requests).await {
             r??;
         }
-        Ok((before, peak, n))
+        Ok(Waiting {
+            n,
+            base,
+            with_idle,
+            before,
+            peak,
+        })
     }
 
     /// Runs `count` calls with `concurrency` in flight; returns wall time and latencies.
@@ -532,7 +589,7 @@ impl Bench {
 }
 
 struct Stack {
-    _echo: Proc,
+    echo: Proc,
     collector: Proc,
     gateways: Vec<Proc>,
     urls: Vec<String>,
@@ -667,7 +724,20 @@ fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "–".into(), |v| format!("{v:.digits$}"))
 }
 
-fn report(results: &[RunResult], waiting: Option<(u64, u64, usize)>, args: &Args) -> String {
+/// Gateway RSS (KiB) around holding `n` requests.
+struct Waiting {
+    n: usize,
+    /// Before opening idle connections.
+    base: u64,
+    /// With `n` idle TCP connections open.
+    with_idle: u64,
+    /// Before the requests.
+    before: u64,
+    /// Highest while the requests waited.
+    peak: u64,
+}
+
+fn report(results: &[RunResult], waiting: Option<Waiting>, args: &Args) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Machine: {}  ", machine());
     let _ = writeln!(
@@ -719,13 +789,42 @@ fn report(results: &[RunResult], waiting: Option<(u64, u64, usize)>, args: &Args
             opt(r.collector_peak_mib, 1),
         );
     }
-    if let Some((before, peak, n)) = waiting {
-        let per = (peak.saturating_sub(before) as f64 * 1024.0) / n as f64;
+    let _ = writeln!(
+        out,
+        "\nCPU seconds per 1000 requests of every process on the machine (2 cores are 2 CPU seconds per second):\n"
+    );
+    let _ = writeln!(
+        out,
+        "| mode | conc. | gateway(s) | collector | echo service | broker | Redis | benchmark client | total | total ÷ wall time (cores busy) |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in results {
+        if let Some((broker, echo, client, redis)) = r.others_cpu_per_1k {
+            let own = r.gateway_cpu_per_1k.unwrap_or_default()
+                + r.collector_cpu_per_1k.unwrap_or_default();
+            let total = own + broker + echo + client + redis;
+            let busy = total * r.requests as f64 / 1000.0 / r.elapsed.as_secs_f64();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {echo:.3} | {broker:.3} | {redis:.3} | {client:.3} | {total:.3} | {busy:.2} |",
+                r.mode,
+                r.concurrency,
+                opt(r.gateway_cpu_per_1k, 3),
+                opt(r.collector_cpu_per_1k, 3)
+            );
+        }
+    }
+    if let Some(w) = waiting {
+        let per = |kib: u64| kib as f64 * 1024.0 / w.n as f64;
         let _ = writeln!(
             out,
-            "\n{n} requests waiting at once on one gateway: RSS {:.1} MiB before, {:.1} MiB while waiting: {per:.0} bytes per waiting request (HTTP/1.1 connection included).",
-            before as f64 / 1024.0,
-            peak as f64 / 1024.0
+            "\n{} requests waiting at once on one gateway: RSS {:.1} MiB before, {:.1} MiB while waiting: {:.0} bytes per waiting request. For comparison, {} idle TCP connections alone: {:.0} bytes each.",
+            w.n,
+            w.before as f64 / 1024.0,
+            w.peak as f64 / 1024.0,
+            per(w.peak.saturating_sub(w.before)),
+            w.n,
+            per(w.with_idle.saturating_sub(w.base)),
         );
     }
     out
