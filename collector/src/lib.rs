@@ -25,6 +25,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use replyway_shared::backoff::Backoff;
 use replyway_shared::record::{ReplyError, reply_from_message};
 use replyway_shared::store::{Keys, ReplyToStore, Store, encode_reply};
 
@@ -202,7 +203,7 @@ impl Collector {
                 }
             }
         }
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::default();
         loop {
             match self.store.store_replies(&replies).await {
                 Ok(stored) => {
@@ -215,12 +216,10 @@ impl Collector {
                 }
                 Err(e) => {
                     self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, replies = replies.len(), retry_in_ms = backoff.as_millis() as u64, "could not store replies; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return false,
-                        () = tokio::time::sleep(backoff) => {}
+                    tracing::warn!(error = %e, replies = replies.len(), retry_in_ms = backoff.next().as_millis() as u64, "could not store replies; retrying");
+                    if !backoff.wait(shutdown).await {
+                        return false;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
         }
@@ -259,7 +258,7 @@ impl Collector {
                 value: Some(value),
             });
         }
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::default();
         loop {
             let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(headers.clone());
             if let Some(key) = message.key() {
@@ -275,11 +274,9 @@ impl Collector {
                 }
                 Err((e, _)) => {
                     tracing::warn!(error = %e, topic = %topic, "could not dead-letter a malformed reply; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return false,
-                        () = tokio::time::sleep(backoff) => {}
+                    if !backoff.wait(shutdown).await {
+                        return false;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
         }

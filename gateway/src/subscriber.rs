@@ -13,6 +13,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use replyway_shared::backoff::Backoff;
 use replyway_shared::store::{Store, decode_notification};
 
 use crate::waiters::Waiters;
@@ -41,20 +42,18 @@ pub struct Subscriber {
 impl Subscriber {
     /// Keeps the subscription alive until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::default();
         while !shutdown.is_cancelled() {
             match self.session(&shutdown).await {
-                Ok(()) => backoff = Duration::from_millis(50),
+                Ok(()) => backoff.reset(),
                 Err(e) => {
                     tracing::warn!(error = %e, channel = %self.channel, "redis subscription failed; retrying")
                 }
             }
             self.live.store(false, Ordering::SeqCst);
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(backoff) => {}
+            if !backoff.wait(&shutdown).await {
+                break;
             }
-            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }
 

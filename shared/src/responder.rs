@@ -27,6 +27,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::consumer::CloseError;
 use crate::record::{Reply, Request};
 use crate::settings::KafkaSettings;
@@ -189,7 +190,7 @@ impl Responder {
             }
         };
         let headers = reply.record_headers(&id);
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::default();
         loop {
             let record = FutureRecord::to(&reply_to)
                 .key(&id)
@@ -202,11 +203,9 @@ impl Responder {
                 }
                 Err((e, _)) => {
                     tracing::warn!(correlation_id = %id, error = %e, "could not produce reply; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return false,
-                        () = tokio::time::sleep(backoff) => {}
+                    if !backoff.wait(shutdown).await {
+                        return false;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
         }

@@ -810,6 +810,28 @@ impl Stack {
         Ok(())
     }
 
+    /// Whether gateway `i` answers an echo request end to end within `within`
+    /// (each try waits at most `per_try` for the reply).
+    pub async fn answers_within(&self, i: usize, within: Duration, per_try: u32) -> bool {
+        let (http, url) = (self.http.clone(), self.url(i, "/echo"));
+        eventually(within, || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let sent = http
+                    .post(url)
+                    .header("prefer", format!("wait={per_try}"))
+                    .body("after")
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status() == 200 => r.text().await.is_ok_and(|t| t == "after"),
+                    _ => false,
+                }
+            }
+        })
+        .await
+    }
+
     /// URL on gateway `i`.
     pub fn url(&self, i: usize, path: &str) -> String {
         self.gateways[i].url(path)

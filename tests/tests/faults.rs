@@ -12,7 +12,7 @@ use rdkafka::Message;
 use rdkafka::message::Headers;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use replyway_tests::{ECHO_TOPIC, REPLY_TOPIC, Stack, StackOptions, eventually, produce};
+use replyway_tests::{ECHO_TOPIC, REPLY_TOPIC, Stack, StackOptions, produce};
 
 type TestResult = anyhow::Result<()>;
 
@@ -131,23 +131,7 @@ async fn broker_restart_fails_fast_then_recovers_without_restarts() -> TestResul
         started.elapsed()
     );
     stack.broker.restart()?;
-    let (http, url) = (stack.http.clone(), stack.url(0, "/echo"));
-    let recovered = eventually(Duration::from_secs(45), || {
-        let (http, url) = (http.clone(), url.clone());
-        async move {
-            match http
-                .post(url)
-                .header("prefer", "wait=3")
-                .body("after")
-                .send()
-                .await
-            {
-                Ok(r) if r.status() == 200 => r.text().await.is_ok_and(|t| t == "after"),
-                _ => false,
-            }
-        }
-    })
-    .await;
+    let recovered = stack.answers_within(0, Duration::from_secs(45), 3).await;
     if !recovered {
         let last = stack
             .http

@@ -432,24 +432,7 @@ async fn redis_unavailable_answers_503_and_produces_nothing() -> TestResult {
 
     // Redis comes back (empty): the gateway reconnects and re-subscribes by itself.
     stack.redis.restart()?;
-    let http = stack.http.clone();
-    let url = stack.url(0, "/echo");
-    let recovered = eventually(Duration::from_secs(20), || {
-        let (http, url) = (http.clone(), url.clone());
-        async move {
-            match http
-                .post(url)
-                .header("prefer", "wait=2")
-                .body("after")
-                .send()
-                .await
-            {
-                Ok(r) if r.status() == 200 => r.text().await.is_ok_and(|t| t == "after"),
-                _ => false,
-            }
-        }
-    })
-    .await;
+    let recovered = stack.answers_within(0, Duration::from_secs(20), 2).await;
     assert!(
         recovered,
         "the gateway did not recover after Redis came back"
