@@ -132,14 +132,15 @@ async fn main() -> anyhow::Result<()> {
             results.push(bench.run_replyway(c, gateways).await?);
         }
     }
-    let waiting = if args.waiting > 0 {
-        Some(bench.waiting_memory(args.waiting).await?)
-    } else {
-        None
-    };
+    let mut waiting = Vec::new();
+    if args.waiting > 0 {
+        for http2 in [false, true] {
+            waiting.push(bench.waiting_memory(args.waiting, http2).await?);
+        }
+    }
 
     std::fs::create_dir_all(&args.out)?;
-    let table = report(&results, waiting, &args);
+    let table = report(&results, &waiting, &args);
     std::fs::write(args.out.join("results.md"), &table)?;
     println!("{table}");
     match chart::draw(&results, &args.out.join("latency.png")) {
@@ -474,10 +475,23 @@ impl Bench {
 
     /// Holds `n` requests waiting at one gateway and reads its RSS before and
     /// while they wait. Returns (KiB before, KiB while waiting).
-    async fn waiting_memory(&self, n: usize) -> anyhow::Result<Waiting> {
+    /// Holds `n` requests waiting at one gateway: over HTTP/1.1, one connection
+    /// each; over HTTP/2 (h2c), 10 connections of `n / 10` requests each.
+    async fn waiting_memory(&self, n: usize, http2: bool) -> anyhow::Result<Waiting> {
         let run = format!("wait-{}", free_port());
-        eprintln!("[waiting] {n} requests held at once ...");
+        eprintln!(
+            "[waiting] {n} requests held at once (HTTP/{}) ...",
+            if http2 { 2 } else { 1 }
+        );
         let stack = self.start_replyway(&run, 1, n + 10, n + 10).await?;
+        let h2_clients: Vec<reqwest::Client> = (0..10)
+            .map(|_| {
+                reqwest::Client::builder()
+                    .http2_prior_knowledge()
+                    .timeout(Duration::from_secs(90))
+                    .build()
+            })
+            .collect::<Result<_, _>>()?;
         let gateway = &stack.gateways[0];
         // First the cost of the connections alone: n idle TCP connections.
         let base = ProcStats::of(gateway.pid())?.rss_kib;
@@ -486,7 +500,7 @@ impl Bench {
             .trim_end_matches(ROUTE)
             .to_owned();
         let mut idle = Vec::with_capacity(n);
-        for _ in 0..n {
+        for _ in 0..if http2 { 0 } else { n } {
             idle.push(tokio::net::TcpStream::connect(&addr).await?);
         }
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -498,7 +512,12 @@ impl Bench {
         let started = Instant::now();
         let requests: Vec<_> = (0..n)
             .map(|i| {
-                let (http, url) = (stack.http.clone(), stack.urls[0].clone());
+                let http = if http2 {
+                    h2_clients[i % h2_clients.len()].clone()
+                } else {
+                    stack.http.clone()
+                };
+                let url = stack.urls[0].clone();
                 tokio::spawn(async move {
                     let body = format!("{{\"sleep_ms\":{hold_ms},\"i\":{i}}}");
                     let response = http.post(url).body(body.clone()).send().await?;
@@ -526,6 +545,7 @@ impl Bench {
         }
         Ok(Waiting {
             n,
+            http2,
             base,
             with_idle,
             before,
@@ -727,6 +747,7 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 /// Gateway RSS (KiB) around holding `n` requests.
 struct Waiting {
     n: usize,
+    http2: bool,
     /// Before opening idle connections.
     base: u64,
     /// With `n` idle TCP connections open.
@@ -737,7 +758,7 @@ struct Waiting {
     peak: u64,
 }
 
-fn report(results: &[RunResult], waiting: Option<Waiting>, args: &Args) -> String {
+fn report(results: &[RunResult], waiting: &[Waiting], args: &Args) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Machine: {}  ", machine());
     let _ = writeln!(
@@ -814,18 +835,30 @@ fn report(results: &[RunResult], waiting: Option<Waiting>, args: &Args) -> Strin
             );
         }
     }
-    if let Some(w) = waiting {
+    for w in waiting {
         let per = |kib: u64| kib as f64 * 1024.0 / w.n as f64;
-        let _ = writeln!(
+        let how = if w.http2 {
+            "HTTP/2 (10 connections)"
+        } else {
+            "HTTP/1.1 (a connection each)"
+        };
+        let _ = write!(
             out,
-            "\n{} requests waiting at once on one gateway: RSS {:.1} MiB before, {:.1} MiB while waiting: {:.0} bytes per waiting request. For comparison, {} idle TCP connections alone: {:.0} bytes each.",
+            "\n{} requests waiting at once on one gateway over {how}: RSS {:.1} MiB before, {:.1} MiB while waiting: {:.0} bytes per waiting request.",
             w.n,
             w.before as f64 / 1024.0,
             w.peak as f64 / 1024.0,
             per(w.peak.saturating_sub(w.before)),
-            w.n,
-            per(w.with_idle.saturating_sub(w.base)),
         );
+        if !w.http2 {
+            let _ = write!(
+                out,
+                " For comparison, {} idle TCP connections alone: {:.0} bytes each.",
+                w.n,
+                per(w.with_idle.saturating_sub(w.base))
+            );
+        }
+        let _ = writeln!(out);
     }
     out
 }

@@ -34,6 +34,9 @@ pub struct Settings {
     /// Longest time a client may take to send a request's body (`408` past it).
     #[serde(with = "humantime_serde")]
     pub body_read_timeout: Duration,
+    /// Most requests in flight on one HTTP/2 connection (clients that speak
+    /// HTTP/2 without TLS, "h2c", share one connection among many requests).
+    pub http2_max_streams: u32,
     /// After SIGTERM: how long requests in flight may still be answered before
     /// the remaining connections are closed.
     #[serde(with = "humantime_serde")]
@@ -65,6 +68,7 @@ impl Default for Settings {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
+            http2_max_streams: 1000,
             idempotency_ttl: None,
             reply_topic: "replyway.replies".into(),
             redis: RedisSettings::default(),
@@ -124,6 +128,12 @@ impl Settings {
             return Err(InvalidSetting::new(
                 "idempotency_ttl",
                 "must not exceed redis.ttl: a retry must find the reply",
+            ));
+        }
+        if self.http2_max_streams == 0 {
+            return Err(InvalidSetting::new(
+                "http2_max_streams",
+                "must be at least 1",
             ));
         }
         if self.produce_timeout.is_zero() {

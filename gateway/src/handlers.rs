@@ -22,6 +22,7 @@ use replyway_shared::store::Lookup;
 use crate::prefer::Prefer;
 use crate::problem::{GatewayError, reply_location};
 use crate::routes::{Match, Route};
+use crate::waiters::Waiter;
 use crate::{AppState, CORRELATION_ID};
 
 /// Reply headers never passed to the HTTP response: hop-by-hop and framing
@@ -164,6 +165,18 @@ pub async fn route_request(
     response
 }
 
+/// A request whose command is on its way.
+enum Submitted {
+    /// Answered already (async, or a retry whose reply was there).
+    Answered(Response),
+    /// Waiting for its reply.
+    Waiting {
+        id: String,
+        waiter: Waiter,
+        wait: std::time::Duration,
+    },
+}
+
 async fn request_reply(
     state: &AppState,
     route: &Route,
@@ -173,6 +186,30 @@ async fn request_reply(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, GatewayError> {
+    // Submitting is boxed and freed before the wait: what stays allocated while
+    // a request waits (thousands at once) is only the waiting state.
+    match Box::pin(submit(state, route, params, method, uri, headers, body)).await? {
+        Submitted::Answered(response) => Ok(response),
+        Submitted::Waiting {
+            id,
+            mut waiter,
+            wait,
+        } => match tokio::time::timeout(wait, waiter.reply()).await {
+            Ok(reply) => Ok(reply_response(&id, &reply, route.reply_headers.as_ref())),
+            Err(_) => Err(GatewayError::Timeout(wait.as_millis(), id)),
+        },
+    }
+}
+
+async fn submit(
+    state: &AppState,
+    route: &Route,
+    params: crate::routes::Params,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Submitted, GatewayError> {
     if state.shutdown.is_cancelled() {
         return Err(GatewayError::ShuttingDown);
     }
@@ -214,14 +251,16 @@ async fn request_reply(
                 if first_fingerprint != fingerprint {
                     return Err(GatewayError::IdempotencyMismatch);
                 }
-                return follow(state, route, first_id, prefer.respond_async, wait).await;
+                return follow(state, route, first_id, prefer.respond_async, wait)
+                    .await
+                    .map(Submitted::Answered);
             }
             Some(scope)
         }
         None => None,
     };
     // Register before anything can reply, so that the reply cannot be missed.
-    let mut waiter = if prefer.respond_async {
+    let waiter = if prefer.respond_async {
         None
     } else {
         Some(
@@ -293,18 +332,15 @@ async fn request_reply(
         return Err(e);
     }
 
-    let Some(waiter) = waiter.as_mut() else {
+    let Some(waiter) = waiter else {
         let mut response = pending_response(&id);
         response.headers_mut().insert(
             "preference-applied",
             HeaderValue::from_static("respond-async"),
         );
-        return Ok(response);
+        return Ok(Submitted::Answered(response));
     };
-    match tokio::time::timeout(wait, waiter.reply()).await {
-        Ok(reply) => Ok(reply_response(&id, &reply, route.reply_headers.as_ref())),
-        Err(_) => Err(GatewayError::Timeout(wait.as_millis(), id)),
-    }
+    Ok(Submitted::Waiting { id, waiter, wait })
 }
 
 /// Answers a retry (same idempotency key, same body) with the reply of the

@@ -192,6 +192,13 @@ async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout);
+    // HTTP/2 without TLS (prior knowledge): many waiting requests share one
+    // connection and its buffers.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(settings.http2_max_streams)
+        .keep_alive_interval(Some(Duration::from_secs(20)));
     loop {
         let (stream, _peer) = tokio::select! {
             () = shutdown.cancelled() => break,

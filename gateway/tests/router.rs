@@ -134,3 +134,22 @@ fn invalid_settings_name_the_setting() {
         "routes[0].timeout"
     );
 }
+
+/// What a waiting request keeps allocated is its handler's future (the
+/// submission before the wait is boxed and freed), so it must stay small: with
+/// thousands of requests waiting, every byte counts thousands of times.
+#[tokio::test]
+async fn a_waiting_requests_future_stays_small() {
+    let mut settings = Settings::default();
+    settings.redis.url = format!("redis://127.0.0.1:{}", closed_port());
+    let state = AppState::new(settings, CancellationToken::new()).unwrap();
+    let future = replyway_gateway::handlers::route_request(
+        axum::extract::State(state),
+        axum::http::Method::POST,
+        "/orders/1".parse().unwrap(),
+        axum::http::HeaderMap::new(),
+        Body::empty(),
+    );
+    let size = std::mem::size_of_val(&future);
+    assert!(size <= 2048, "the request future is {size} bytes");
+}

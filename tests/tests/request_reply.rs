@@ -535,3 +535,31 @@ async fn waiting_requests_past_the_bound_are_shed_with_503() -> TestResult {
     assert!(stats.stored.load(std::sync::atomic::Ordering::Relaxed) >= 4);
     stack.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http2_clients_share_one_connection() -> TestResult {
+    let stack = Stack::start(StackOptions::default()).await?;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let requests = (0..50).map(|i| {
+        let (h2, url) = (h2.clone(), stack.url(0, "/echo"));
+        async move {
+            let body = format!(r#"{{"sleep_ms":300,"i":{i}}}"#);
+            let r = h2.post(url).body(body.clone()).send().await?;
+            anyhow::ensure!(
+                r.version() == reqwest::Version::HTTP_2,
+                "not HTTP/2: {:?}",
+                r.version()
+            );
+            anyhow::ensure!(r.status() == 200, "status {}", r.status());
+            anyhow::ensure!(r.text().await? == body, "request {i} got another reply");
+            anyhow::Ok(())
+        }
+    });
+    for result in join_all(requests).await {
+        result?;
+    }
+    stack.shutdown().await
+}
