@@ -231,7 +231,9 @@ impl Broker {
         // stored; none with idempotence off), and its SQLite engine panics when
         // one re-initialises after a broker restart. Apache Kafka does neither;
         // Replyway's default stays on.
-        kafka.producer.insert("enable.idempotence".into(), "false".into());
+        kafka
+            .producer
+            .insert("enable.idempotence".into(), "false".into());
         kafka
     }
 
