@@ -2,7 +2,6 @@
 //! pick-up, health and readiness.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use axum::Json;
@@ -284,11 +283,11 @@ async fn submit(
 
     let request = Request {
         correlation_id: id.clone(),
-        reply_to: state.reply_topic.clone(),
+        reply_to: state.settings.reply_topic.clone(),
         deadline: Some(unix_millis(
             created
                 + if prefer.respond_async {
-                    state.reply_ttl
+                    state.settings.redis.ttl
                 } else {
                     wait
                 },
@@ -310,7 +309,7 @@ async fn submit(
     // Bounded here as well as by the producer's message.timeout.ms: librdkafka
     // notices an expired message only when its broker thread wakes, which can be
     // seconds late while the broker is unreachable.
-    let bound = state.produce_timeout.min(route.timeout);
+    let bound = state.settings.produce_timeout.min(route.timeout);
     let produced =
         match tokio::time::timeout(bound, state.producer.send(record, Timeout::After(bound))).await
         {
@@ -450,7 +449,7 @@ pub async fn get_reply(
         Prefer::from_headers(&headers).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
     let wait = prefer
         .wait
-        .map(|w| w.min(state.max_poll_wait))
+        .map(|w| w.min(state.settings.max_poll_wait))
         .filter(|w| !w.is_zero());
     let mut waiter = match wait {
         Some(_) => Some(
@@ -495,7 +494,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     let subscription = state
         .subscription_live
         .load(std::sync::atomic::Ordering::SeqCst);
-    let producer = Arc::clone(&state.producer_for_metadata);
+    let producer = state.producer.clone();
     let kafka = tokio::task::spawn_blocking(move || {
         use rdkafka::producer::Producer;
         producer

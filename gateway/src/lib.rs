@@ -48,23 +48,14 @@ pub struct Inner {
     pub store: Store,
     /// The Kafka producer.
     pub producer: FutureProducer,
-    /// The same producer for blocking metadata calls.
-    pub producer_for_metadata: Arc<FutureProducer>,
     /// Requests waiting on this node.
     pub waiters: Arc<Waiters>,
     /// Whether the Redis subscription is live.
     pub subscription_live: Arc<AtomicBool>,
-    /// `reply-to` of every command.
-    pub reply_topic: String,
-    /// How long replies are kept.
-    pub reply_ttl: Duration,
-    /// Longest long-poll.
-    pub max_poll_wait: Duration,
-    /// Longest wait for the broker's acknowledgement.
-    pub produce_timeout: Duration,
     /// Cancelled when the gateway stops.
     pub shutdown: CancellationToken,
-    settings: Settings,
+    /// The validated settings.
+    pub settings: Settings,
 }
 
 impl std::ops::Deref for AppState {
@@ -101,14 +92,9 @@ impl AppState {
             node_id,
             routes,
             store,
-            producer_for_metadata: Arc::new(producer.clone()),
             producer,
             waiters: Waiters::new(settings.max_waiting),
             subscription_live: Arc::new(AtomicBool::new(false)),
-            reply_topic: settings.reply_topic.clone(),
-            reply_ttl: settings.redis.ttl,
-            max_poll_wait: settings.max_poll_wait,
-            produce_timeout: settings.produce_timeout,
             shutdown,
             settings,
         })))

@@ -216,7 +216,7 @@ pub enum Lookup {
     Unknown,
 }
 
-/// One reply to store, with the Kafka position it came from (for logs).
+/// One reply to store.
 #[derive(Debug)]
 pub struct ReplyToStore {
     /// The correlation id.

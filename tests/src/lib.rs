@@ -357,14 +357,6 @@ impl Running {
             None => Ok(()),
         }
     }
-
-    /// `http://addr` for a gateway.
-    pub fn url(&self, path: &str) -> String {
-        format!(
-            "http://{}{path}",
-            self.addr.expect("a gateway has an address")
-        )
-    }
 }
 
 impl Drop for Running {
