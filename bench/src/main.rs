@@ -319,7 +319,7 @@ impl Bench {
                 timeout: Duration::from_secs(60),
                 body_limit: 1024 * 1024,
                 forward_headers: vec![],
-                reply_headers: None,
+                ..RouteConfig::default()
             }],
             ..replyway_gateway::Settings::default()
         };

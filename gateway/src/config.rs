@@ -47,6 +47,11 @@ pub struct Settings {
     pub idempotency_ttl: Option<Duration>,
     /// Topic that services reply to (`reply-to` of every command).
     pub reply_topic: String,
+    /// A request header that names the calling client, set by a trusted proxy in
+    /// front of the gateway (e.g. `x-client-id`); its value goes to services as
+    /// the record's `client-id`. Unset: no `client-id` is sent.
+    #[serde(default)]
+    pub client_id_header: Option<String>,
     /// Redis.
     pub redis: RedisSettings,
     /// Kafka.
@@ -71,6 +76,7 @@ impl Default for Settings {
             http2_max_streams: 1000,
             idempotency_ttl: None,
             reply_topic: "replyway.replies".into(),
+            client_id_header: None,
             redis: RedisSettings::default(),
             kafka: KafkaSettings::default(),
             log: LogSettings::default(),
@@ -96,6 +102,14 @@ impl Settings {
             return Err(InvalidSetting::new(
                 "reply_topic",
                 "not a legal Kafka topic name",
+            ));
+        }
+        if let Some(name) = &self.client_id_header
+            && axum::http::HeaderName::from_bytes(name.as_bytes()).is_err()
+        {
+            return Err(InvalidSetting::new(
+                "client_id_header",
+                "not an HTTP header name",
             ));
         }
         if let Some(node) = &self.node_id

@@ -21,8 +21,8 @@ use replyway_shared::store::Lookup;
 use crate::prefer::Prefer;
 use crate::problem::{GatewayError, reply_location};
 use crate::routes::{Match, Route};
-use crate::waiters::Waiter;
 use crate::{AppState, CORRELATION_ID};
+use replyway_shared::waiters::Waiter;
 
 /// Reply headers never passed to the HTTP response: hop-by-hop and framing
 /// headers, and the ones the gateway sets itself.
@@ -223,10 +223,18 @@ async fn submit(
         ),
         None => None,
     };
-    let traceparent = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let traceparent = text("traceparent");
+    let tracestate = text("tracestate");
+    let client_id = match &state.settings.client_id_header {
+        Some(name) => text(name).filter(|v| !v.is_empty()),
+        None => None,
+    };
     let body = read_body(
         body,
         headers,
@@ -296,16 +304,22 @@ async fn submit(
         method: Some(method.as_str().to_owned()),
         path: Some(uri.path().to_owned()),
         traceparent,
+        tracestate,
+        client_id,
         headers: forwarded,
         key: None,
         body: Bytes::new(),
         params,
     };
     let key = route.key(&id, &request.params);
+    let mut record_headers = request.record_headers();
+    if route.spring_headers {
+        record_headers = request.spring_headers(record_headers);
+    }
     let record = FutureRecord::to(&route.topic)
         .key(&key)
         .payload(&body[..])
-        .headers(request.record_headers());
+        .headers(record_headers);
     // Bounded here as well as by the producer's message.timeout.ms: librdkafka
     // notices an expired message only when its broker thread wakes, which can be
     // seconds late while the broker is unreachable.

@@ -8,8 +8,6 @@ pub mod handlers;
 pub mod prefer;
 pub mod problem;
 pub mod routes;
-pub mod subscriber;
-pub mod waiters;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -28,8 +26,8 @@ use replyway_shared::store::{Keys, Store};
 pub use config::Settings;
 
 use crate::routes::RouteTable;
-use crate::subscriber::Subscriber;
-use crate::waiters::Waiters;
+use replyway_shared::subscriber::Subscriber;
+use replyway_shared::waiters::Waiters;
 
 /// The `correlation-id` response header.
 pub static CORRELATION_ID: HeaderName = HeaderName::from_static("correlation-id");

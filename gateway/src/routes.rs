@@ -42,6 +42,29 @@ pub struct RouteConfig {
     /// except hop-by-hop and framing headers.
     #[serde(default)]
     pub reply_headers: Option<Vec<String>>,
+    /// Also set Spring for Apache Kafka's `kafka_replyTopic` and
+    /// `kafka_correlationId` headers, for services whose `@KafkaListener` replies
+    /// with `@SendTo`.
+    #[serde(default)]
+    pub spring_headers: bool,
+}
+
+impl Default for RouteConfig {
+    /// A `POST /` route to topic `requests` with every optional field at its default.
+    fn default() -> Self {
+        Self {
+            name: None,
+            method: "POST".into(),
+            path: "/".into(),
+            topic: "requests".into(),
+            key: default_key(),
+            timeout: default_timeout(),
+            body_limit: default_body_limit(),
+            forward_headers: Vec::new(),
+            reply_headers: None,
+            spring_headers: false,
+        }
+    }
 }
 
 fn default_key() -> String {
@@ -84,6 +107,8 @@ pub struct Route {
     pub forward_headers: Vec<HeaderName>,
     /// Reply headers allowed through, or `None` for all but the denied ones.
     pub reply_headers: Option<HashSet<HeaderName>>,
+    /// Whether commands also carry Spring's reply headers.
+    pub spring_headers: bool,
     pattern: Vec<Segment>,
     key: Vec<KeyPart>,
 }
@@ -174,6 +199,7 @@ impl Route {
                 .as_deref()
                 .map(|l| header_list("reply_headers", l).map(|v| v.into_iter().collect()))
                 .transpose()?,
+            spring_headers: c.spring_headers,
             pattern,
             key,
         })
@@ -315,7 +341,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             body_limit: 10,
             forward_headers: vec!["X-Request-Id".into()],
-            reply_headers: None,
+            ..RouteConfig::default()
         }
     }
 

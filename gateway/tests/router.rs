@@ -35,7 +35,7 @@ fn app() -> axum::Router {
         timeout: Duration::from_secs(1),
         body_limit: 8,
         forward_headers: vec![],
-        reply_headers: None,
+        ..RouteConfig::default()
     }];
     router(AppState::new(settings, CancellationToken::new()).unwrap())
 }
@@ -125,7 +125,7 @@ fn invalid_settings_name_the_setting() {
             timeout: Duration::from_secs(3600),
             body_limit: 8,
             forward_headers: vec![],
-            reply_headers: None,
+            ..RouteConfig::default()
         }],
         ..Settings::default()
     };

@@ -11,6 +11,10 @@
 //!   binaries;
 //! * [`responder`] — a consumer of commands that replies with the correlation
 //!   kept, for backend services written in Rust;
+//! * [`requester`] — request–reply between backend services over the same
+//!   Redis-backed correlation as the gateway;
+//! * [`waiters`] and [`subscriber`] — a node's bounded map of waiting requests
+//!   and its one Redis subscription (used by the gateway and the requester);
 //! * [`shutdown`] — SIGINT/SIGTERM handling for the binaries;
 //! * [`telemetry`] — logging set-up shared by the binaries.
 #![warn(missing_docs)]
@@ -18,11 +22,15 @@
 pub mod backoff;
 pub mod consumer;
 pub mod record;
+pub mod requester;
 pub mod responder;
 pub mod settings;
 pub mod shutdown;
 pub mod store;
+pub mod subscriber;
 pub mod telemetry;
+pub mod waiters;
 
 pub use record::{Reply, Request};
+pub use requester::Requester;
 pub use responder::Responder;

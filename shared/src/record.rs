@@ -29,10 +29,20 @@ pub mod header {
     pub const TRACEPARENT: &str = "traceparent";
     /// W3C trace state.
     pub const TRACESTATE: &str = "tracestate";
+    /// Id of the client (principal) on whose behalf the command was sent.
+    pub const CLIENT_ID: &str = "client-id";
     /// Prefix of a path parameter's header (`param-<name>`).
     pub const PARAM_PREFIX: &str = "param-";
     /// Prefix of a forwarded request header or a reply header (`header-<name>`).
     pub const HEADER_PREFIX: &str = "header-";
+    /// Spring for Apache Kafka: the topic a `@SendTo` listener replies to.
+    pub const SPRING_REPLY_TOPIC: &str = "kafka_replyTopic";
+    /// Spring for Apache Kafka: the correlation id (raw bytes) that a `@SendTo`
+    /// listener copies to its reply.
+    pub const SPRING_CORRELATION_ID: &str = "kafka_correlationId";
+    /// Spring messaging's content type header (a JSON string when mapped by
+    /// Spring's header mapper).
+    pub const SPRING_CONTENT_TYPE: &str = "contentType";
 }
 
 /// Longest correlation id accepted anywhere (bytes).
@@ -187,11 +197,15 @@ pub fn parse_reply<'a>(
     max_value: usize,
 ) -> Result<(String, Reply), ReplyError> {
     let mut id = None;
+    let mut spring_id = None;
+    let mut spring_content_type = None;
     let mut reply = Reply::new(200);
     for (name, value) in headers {
         let Some(value) = value else { continue };
         match name {
             header::CORRELATION_ID => id = Some(utf8(name, value)?.to_owned()),
+            header::SPRING_CORRELATION_ID => spring_id = Some(utf8(name, value)?.to_owned()),
+            header::SPRING_CONTENT_TYPE => spring_content_type = Some(utf8(name, value)?),
             header::STATUS => {
                 let text = String::from_utf8_lossy(value);
                 reply.status = text
@@ -211,11 +225,24 @@ pub fn parse_reply<'a>(
             }
         }
     }
-    let id = match (id, key) {
+    let id = match (id.or(spring_id), key) {
         (Some(id), _) => id,
         (None, Some(key)) if !key.is_empty() => utf8("key", key)?.to_owned(),
         _ => return Err(ReplyError::MissingCorrelationId),
     };
+    if reply.content_type.is_none()
+        && let Some(ct) = spring_content_type
+    {
+        // Spring's header mapper writes it as a JSON string ("\"text/plain\"").
+        let ct = ct.trim();
+        let ct = ct
+            .strip_prefix('"')
+            .and_then(|c| c.strip_suffix('"'))
+            .unwrap_or(ct);
+        if !ct.is_empty() {
+            reply.content_type = Some(ct.to_owned());
+        }
+    }
     if !is_valid_correlation_id(&id) {
         return Err(ReplyError::InvalidCorrelationId);
     }
@@ -264,6 +291,10 @@ pub struct Request {
     pub headers: BTreeMap<String, String>,
     /// W3C `traceparent` of the originating request.
     pub traceparent: Option<String>,
+    /// W3C `tracestate` of the originating request.
+    pub tracestate: Option<String>,
+    /// Id of the client on whose behalf the command was sent, if known.
+    pub client_id: Option<String>,
     /// The record's key.
     pub key: Option<Bytes>,
     /// The body.
@@ -324,6 +355,8 @@ impl Request {
             (header::HTTP_METHOD, &self.method),
             (header::HTTP_PATH, &self.path),
             (header::TRACEPARENT, &self.traceparent),
+            (header::TRACESTATE, &self.tracestate),
+            (header::CLIENT_ID, &self.client_id),
         ];
         for (key, value) in optional {
             if let Some(value) = value {
@@ -346,6 +379,22 @@ impl Request {
             }
         }
         h
+    }
+
+    /// Adds Spring for Apache Kafka's reply headers to `headers`:
+    /// `kafka_replyTopic` (the reply topic) and `kafka_correlationId` (the
+    /// correlation id's bytes), which a `@KafkaListener` with `@SendTo` uses to
+    /// address its reply and copies into it.
+    pub fn spring_headers(&self, headers: OwnedHeaders) -> OwnedHeaders {
+        headers
+            .insert(Header {
+                key: header::SPRING_REPLY_TOPIC,
+                value: Some(self.reply_to.as_bytes()),
+            })
+            .insert(Header {
+                key: header::SPRING_CORRELATION_ID,
+                value: Some(self.correlation_id.as_bytes()),
+            })
     }
 
     /// Parses a request record from its parts.
@@ -381,6 +430,8 @@ impl Request {
                 header::HTTP_METHOD => request.method = Some(text(name, value)?),
                 header::HTTP_PATH => request.path = Some(text(name, value)?),
                 header::TRACEPARENT => request.traceparent = Some(text(name, value)?),
+                header::TRACESTATE => request.tracestate = Some(text(name, value)?),
+                header::CLIENT_ID => request.client_id = Some(text(name, value)?),
                 _ => {
                     if let Some(p) = name.strip_prefix(header::PARAM_PREFIX) {
                         request.params.insert(p.to_owned(), text(name, value)?);
@@ -440,6 +491,40 @@ mod tests {
         assert_eq!(&reply.body[..], b"x");
         let (id, _) = parse_reply(Some(b"from-key"), h(&[]), None, 10).unwrap();
         assert_eq!(id, "from-key");
+    }
+
+    #[test]
+    fn reply_shaped_like_spring_sendto_is_accepted() {
+        // A @SendTo listener's reply: the correlation id copied as raw bytes,
+        // Spring's type headers, no key, no correlation-id, no status.
+        let headers = h(&[
+            ("kafka_correlationId", "4d1c-id"),
+            ("__TypeId__", "com.example.Greeting"),
+            ("contentType", "\"application/json\""),
+            (
+                "spring_json_header_types",
+                r#"{"contentType":"java.lang.String"}"#,
+            ),
+        ]);
+        let (id, reply) = parse_reply(None, headers, Some(b"{}"), 10).unwrap();
+        assert_eq!(id, "4d1c-id");
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.content_type.as_deref(), Some("application/json"));
+        // Our own header wins over Spring's, and over the key.
+        let headers = h(&[
+            ("kafka_correlationId", "spring"),
+            ("correlation-id", "ours"),
+        ]);
+        let (id, _) = parse_reply(Some(b"key"), headers, None, 10).unwrap();
+        assert_eq!(id, "ours");
+        let (id, _) = parse_reply(
+            Some(b"key"),
+            h(&[("kafka_correlationId", "spring")]),
+            None,
+            10,
+        )
+        .unwrap();
+        assert_eq!(id, "spring");
     }
 
     #[test]
@@ -506,6 +591,10 @@ mod tests {
         request.path = Some("/orders/7".into());
         request.params.insert("id".into(), "7".into());
         request.headers.insert("x-request-id".into(), "r1".into());
+        request.traceparent =
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+        request.tracestate = Some("vendor=1".into());
+        request.client_id = Some("alice".into());
         let headers = request.record_headers();
         let pairs: Vec<_> = headers.iter().map(|h| (h.key, h.value)).collect();
         let parsed = Request::parse(Some(b"k"), pairs, Some(b"body")).unwrap();
@@ -514,6 +603,9 @@ mod tests {
         assert_eq!(parsed.deadline, Some(42));
         assert_eq!(parsed.params["id"], "7");
         assert_eq!(parsed.headers["x-request-id"], "r1");
+        assert_eq!(parsed.traceparent, request.traceparent);
+        assert_eq!(parsed.tracestate.as_deref(), Some("vendor=1"));
+        assert_eq!(parsed.client_id.as_deref(), Some("alice"));
         assert_eq!(&parsed.body[..], b"body");
         assert!(parsed.is_expired(SystemTime::now()));
     }

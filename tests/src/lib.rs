@@ -382,7 +382,7 @@ pub fn test_routes() -> Vec<RouteConfig> {
             timeout: Duration::from_millis(timeout_ms),
             body_limit,
             forward_headers: vec!["x-request-id".into()],
-            reply_headers: None,
+            ..RouteConfig::default()
         };
     vec![
         route("POST", "/echo", "{correlation_id}", 10_000, 64 * 1024),

@@ -210,7 +210,11 @@ async fn timeout_answers_504_and_the_late_reply_is_collectable() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reply_status_headers_and_the_record_contract() -> TestResult {
-    let stack = Stack::start(StackOptions::default()).await?;
+    let stack = Stack::start(StackOptions {
+        gateway: |g| g.client_id_header = Some("x-client-id".into()),
+        ..StackOptions::default()
+    })
+    .await?;
     let body = r#"{"status":409,"reason":"insufficient funds"}"#;
     let response = stack
         .http
@@ -222,6 +226,8 @@ async fn reply_status_headers_and_the_record_contract() -> TestResult {
             "traceparent",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         )
+        .header("tracestate", "vendor=abc")
+        .header("x-client-id", "client-9")
         .body(body)
         .send()
         .await?;
@@ -261,6 +267,9 @@ async fn reply_status_headers_and_the_record_contract() -> TestResult {
         request.traceparent.as_deref(),
         Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
     );
+    assert_eq!(request.tracestate.as_deref(), Some("vendor=abc"));
+    assert_eq!(request.client_id.as_deref(), Some("client-9"));
+    assert!(!request.headers.contains_key("x-client-id"));
     let deadline = request.deadline.expect("deadline header");
     let now = replyway_shared::record::unix_millis(std::time::SystemTime::now());
     assert!(

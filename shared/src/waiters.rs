@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
-use replyway_shared::Reply;
+use crate::record::Reply;
 
 type Slot = (watch::Sender<Option<Arc<Reply>>>, usize);
 

@@ -13,8 +13,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use replyway_shared::backoff::Backoff;
-use replyway_shared::store::{Store, decode_notification};
+use crate::backoff::Backoff;
+use crate::store::{Store, decode_notification};
 
 use crate::waiters::Waiters;
 
