@@ -305,7 +305,10 @@ impl Bench {
         max_waiting: usize,
     ) -> (replyway_gateway::Settings, replyway_collector::Settings) {
         let redis = self.redis_settings(run);
+        // No admin ports: several gateways run on one host (metrics are still
+        // counted, so their cost is measured).
         let gateway = replyway_gateway::Settings {
+            admin_listen: String::new(),
             max_waiting,
             reply_topic: replies.into(),
             redis: redis.clone(),
@@ -324,6 +327,7 @@ impl Bench {
             ..replyway_gateway::Settings::default()
         };
         let collector = replyway_collector::Settings {
+            admin_listen: String::new(),
             topics: vec![replies.into()],
             group_id: format!("{run}-collector"),
             redis,

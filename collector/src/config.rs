@@ -14,6 +14,8 @@ pub struct Settings {
     pub topics: Vec<String>,
     /// Consumer group shared by every collector replica.
     pub group_id: String,
+    /// Address of the admin port (`/healthz`, `/readyz`, `/metrics`); empty: none.
+    pub admin_listen: String,
     /// Most replies stored in one Redis round trip.
     pub batch_max: usize,
     /// Largest reply value accepted, in bytes; larger replies are skipped.
@@ -34,6 +36,7 @@ impl Default for Settings {
         Self {
             topics: vec!["replyway.replies".into()],
             group_id: "replyway-collector".into(),
+            admin_listen: "127.0.0.1:9091".into(),
             batch_max: 500,
             max_reply_bytes: 4 * 1024 * 1024,
             dead_letter_topic: None,

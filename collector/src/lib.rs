@@ -10,6 +10,7 @@
 //! never stops the collector.
 
 pub mod config;
+pub mod metrics;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,12 +45,21 @@ pub struct Stats {
     pub dead_lettered: AtomicU64,
     /// Failed Redis round trips (each retried).
     pub redis_errors: AtomicU64,
+    /// Consumer errors and failed dead-letter productions.
+    pub kafka_errors: AtomicU64,
 }
 
-/// Logs rebalances and commit failures.
-struct LoggingContext;
+/// Logs rebalances and commit failures; keeps what librdkafka's statistics say
+/// of consumer lag and brokers.
+struct LoggingContext {
+    observed: Arc<metrics::Observed>,
+}
 
-impl ClientContext for LoggingContext {}
+impl ClientContext for LoggingContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.observed.update(&statistics);
+    }
+}
 
 impl ConsumerContext for LoggingContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -79,7 +89,12 @@ pub struct Collector {
     batch_max: usize,
     max_reply_bytes: usize,
     stats: Arc<Stats>,
+    observed: Arc<metrics::Observed>,
+    malformed: metrics::MalformedFamily,
 }
+
+/// librdkafka's statistics interval property.
+const STATISTICS_INTERVAL: &str = "statistics.interval.ms";
 
 impl Collector {
     /// Creates the consumer (subscribed) and the Redis pool; connects lazily.
@@ -88,10 +103,16 @@ impl Collector {
     /// When a setting is invalid or the consumer cannot be created.
     pub fn new(settings: &Settings) -> anyhow::Result<Self> {
         settings.validate()?;
-        let consumer: StreamConsumer<LoggingContext> = settings
-            .kafka
-            .consumer_config(&settings.group_id)
-            .create_with_context(LoggingContext)
+        let mut config = settings.kafka.consumer_config(&settings.group_id);
+        if config.get(STATISTICS_INTERVAL).is_none() {
+            // Consumer lag and broker state for /metrics and /readyz.
+            config.set(STATISTICS_INTERVAL, "5000");
+        }
+        let observed = Arc::new(metrics::Observed::default());
+        let consumer: StreamConsumer<LoggingContext> = config
+            .create_with_context(LoggingContext {
+                observed: Arc::clone(&observed),
+            })
             .context("creating the Kafka consumer")?;
         let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
         consumer
@@ -129,7 +150,19 @@ impl Collector {
             batch_max: settings.batch_max,
             max_reply_bytes: settings.max_reply_bytes,
             stats: Arc::default(),
+            observed,
+            malformed: prometheus_client::metrics::family::Family::default(),
         })
+    }
+
+    /// The metrics registry (read at scrape time) and the readiness check.
+    pub fn admin(&self) -> (prometheus_client::registry::Registry, metrics::Readiness) {
+        metrics::register(
+            Arc::clone(&self.stats),
+            Arc::clone(&self.observed),
+            self.malformed.clone(),
+            self.store.clone(),
+        )
     }
 
     /// The counters.
@@ -153,7 +186,10 @@ impl Collector {
             for result in batch {
                 match result {
                     Ok(m) => messages.push(m),
-                    Err(e) => tracing::warn!(error = %e, "kafka consumer error"),
+                    Err(e) => {
+                        self.stats.kafka_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "kafka consumer error");
+                    }
                 }
             }
             if !self.store_batch(&messages, &shutdown).await {
@@ -189,6 +225,9 @@ impl Collector {
                 }),
                 Err(e) => {
                     self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    self.malformed
+                        .get_or_create(&metrics::Reason { reason: e.label() })
+                        .inc();
                     tracing::warn!(
                         topic = message.topic(),
                         partition = message.partition(),
@@ -273,6 +312,7 @@ impl Collector {
                     return true;
                 }
                 Err((e, _)) => {
+                    self.stats.kafka_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, topic = %topic, "could not dead-letter a malformed reply; retrying");
                     if !backoff.wait(shutdown).await {
                         return false;
@@ -299,5 +339,47 @@ pub const DEAD_LETTER_OFFSET: &str = "replyway-source-offset";
 /// # Errors
 /// As [`Collector::new`] and [`Collector::run`].
 pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    Collector::new(settings)?.run(shutdown).await
+    Collector::new(settings)?
+        .run_with_admin(&settings.admin_listen, shutdown)
+        .await
+}
+
+impl Collector {
+    /// Runs with the admin port (`/healthz`, `/readyz`, `/metrics`) on
+    /// `admin_listen` (none when empty) until `shutdown`.
+    ///
+    /// # Errors
+    /// When the admin address cannot be bound, or as [`Collector::run`].
+    pub async fn run_with_admin(
+        self,
+        admin_listen: &str,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let stop_admin = CancellationToken::new();
+        let admin = if admin_listen.is_empty() {
+            None
+        } else {
+            let listener = replyway_shared::admin::bind(admin_listen).await?;
+            let (registry, readiness) = self.admin();
+            let router = replyway_shared::admin::router(Arc::new(registry)).route(
+                "/readyz",
+                axum::routing::get(move || {
+                    let readiness = readiness.clone();
+                    async move { readiness.check().await }
+                }),
+            );
+            tracing::info!(admin = %admin_listen, "admin port: /healthz /readyz /metrics");
+            Some(tokio::spawn(replyway_shared::admin::serve(
+                listener,
+                router,
+                stop_admin.clone(),
+            )))
+        };
+        let result = self.run(shutdown).await;
+        stop_admin.cancel();
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
+        result
+    }
 }

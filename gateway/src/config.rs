@@ -16,6 +16,8 @@ use crate::routes::{RouteConfig, RouteTable};
 pub struct Settings {
     /// Address the HTTP API listens on.
     pub listen: String,
+    /// Address of the admin port (`/healthz`, `/readyz`, `/metrics`); empty: none.
+    pub admin_listen: String,
     /// This node's id (its notification channel); generated when unset, so
     /// replicas need no per-instance configuration.
     pub node_id: Option<String>,
@@ -66,6 +68,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
+            admin_listen: "127.0.0.1:9090".into(),
             node_id: None,
             max_waiting: 10_000,
             max_poll_wait: Duration::from_secs(60),

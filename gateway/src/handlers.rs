@@ -148,20 +148,57 @@ pub async fn route_request(
         Match::MethodNotAllowed(allowed) => ("-", Err(GatewayError::MethodNotAllowed(allowed))),
         Match::NotFound => ("-", Err(GatewayError::NoRoute(uri.path().to_owned()))),
     };
+    match &result {
+        Err(GatewayError::Timeout(..)) => {
+            state
+                .metrics
+                .timeouts
+                .get_or_create(&crate::metrics::RouteLabel {
+                    route: route_name.to_owned(),
+                })
+                .inc();
+        }
+        Err(e) => state.count_error(e),
+        Ok(_) => {}
+    }
     let response = result.unwrap_or_else(IntoResponse::into_response);
-    let correlation_id = response
-        .headers()
-        .get(&CORRELATION_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
-    tracing::info!(
-        route = route_name,
-        status = response.status().as_u16(),
-        correlation_id,
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "request"
-    );
-    response
+    state.answered(route_name, started, response)
+}
+
+impl AppState {
+    /// Counts and logs an answered request: one line at info with route,
+    /// status, correlation id and latency (never bodies).
+    fn answered(&self, route: &str, started: Instant, response: Response) -> Response {
+        let latency = started.elapsed();
+        let status = response.status().as_u16();
+        self.metrics.answered(route, status, latency.as_secs_f64());
+        let correlation_id = response
+            .headers()
+            .get(&CORRELATION_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        tracing::info!(
+            route,
+            status,
+            correlation_id,
+            latency_ms = latency.as_secs_f64() * 1000.0,
+            "request"
+        );
+        response
+    }
+
+    /// Counts a Redis or Kafka failure.
+    fn count_error(&self, error: &GatewayError) {
+        match error {
+            GatewayError::Redis(_) => {
+                self.metrics.redis_errors.inc();
+            }
+            GatewayError::Kafka(_) | GatewayError::KafkaTimeout(..) => {
+                self.metrics.kafka_errors.inc();
+            }
+            _ => {}
+        }
+    }
 }
 
 /// A request whose command is on its way.
@@ -455,12 +492,29 @@ pub async fn get_reply(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
+) -> Response {
+    let started = Instant::now();
+    let result = lookup_reply(&state, id, &headers).await;
+    if let Err(e) = &result {
+        state.count_error(e);
+    }
+    let response = result.unwrap_or_else(IntoResponse::into_response);
+    state.answered(REPLIES_ROUTE, started, response)
+}
+
+/// Route label of `GET /v1/replies/{id}` in logs and metrics.
+pub const REPLIES_ROUTE: &str = "replies";
+
+async fn lookup_reply(
+    state: &AppState,
+    id: String,
+    headers: &HeaderMap,
 ) -> Result<Response, GatewayError> {
     if !is_valid_correlation_id(&id) {
         return Err(GatewayError::BadRequest("malformed correlation id".into()));
     }
     let prefer =
-        Prefer::from_headers(&headers).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+        Prefer::from_headers(headers).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
     let wait = prefer
         .wait
         .map(|w| w.min(state.settings.max_poll_wait))

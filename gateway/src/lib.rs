@@ -5,12 +5,13 @@
 
 pub mod config;
 pub mod handlers;
+pub mod metrics;
 pub mod prefer;
 pub mod problem;
 pub mod routes;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -50,6 +51,12 @@ pub struct Inner {
     pub waiters: Arc<Waiters>,
     /// Whether the Redis subscription is live.
     pub subscription_live: Arc<AtomicBool>,
+    /// Replies heard after their waiters had gone.
+    pub late_replies: Arc<AtomicU64>,
+    /// What the handlers count.
+    pub metrics: crate::metrics::Metrics,
+    /// Every metric, for `/metrics`.
+    pub registry: Arc<prometheus_client::registry::Registry>,
     /// Cancelled when the gateway stops.
     pub shutdown: CancellationToken,
     /// The validated settings.
@@ -86,13 +93,24 @@ impl AppState {
             .producer_config()
             .create()
             .context("creating the Kafka producer")?;
+        let waiters = Waiters::new(settings.max_waiting);
+        let subscription_live = Arc::new(AtomicBool::new(false));
+        let late_replies = Arc::new(AtomicU64::new(0));
+        let (metrics, registry) = crate::metrics::Metrics::register(
+            Arc::clone(&waiters),
+            Arc::clone(&subscription_live),
+            Arc::clone(&late_replies),
+        );
         Ok(Self(Arc::new(Inner {
             node_id,
             routes,
             store,
             producer,
-            waiters: Waiters::new(settings.max_waiting),
-            subscription_live: Arc::new(AtomicBool::new(false)),
+            waiters,
+            subscription_live,
+            late_replies,
+            metrics,
+            registry: Arc::new(registry),
             shutdown,
             settings,
         })))
@@ -111,6 +129,7 @@ impl AppState {
             store: self.store.clone(),
             timeout: self.settings.redis.timeout,
             live: Arc::clone(&self.subscription_live),
+            unclaimed: Arc::clone(&self.late_replies),
         })
     }
 }
@@ -122,6 +141,13 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(handlers::readyz))
         .route("/v1/replies/{id}", get(handlers::get_reply))
         .fallback(handlers::route_request)
+        .with_state(state)
+}
+
+/// The admin port: `/healthz`, `/readyz` and `/metrics`.
+pub fn admin_router(state: AppState) -> Router {
+    replyway_shared::admin::router(Arc::clone(&state.registry))
+        .route("/readyz", get(handlers::readyz))
         .with_state(state)
 }
 
@@ -140,6 +166,19 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let state = AppState::new(settings, shutdown.clone())?;
+    let stop_admin = CancellationToken::new();
+    let admin = match state.settings.admin_listen.as_str() {
+        "" => None,
+        listen => {
+            let listener = replyway_shared::admin::bind(listen).await?;
+            tracing::info!(admin = %listen, "admin port: /healthz /readyz /metrics");
+            Some(tokio::spawn(replyway_shared::admin::serve(
+                listener,
+                admin_router(state.clone()),
+                stop_admin.clone(),
+            )))
+        }
+    };
     let subscription = state.subscriber()?;
     let stop_subscription = CancellationToken::new();
     let subscription = tokio::spawn(subscription.run(stop_subscription.clone()));
@@ -156,6 +195,10 @@ pub async fn run(
     let _ = subscription.await;
     let producer = state.producer.clone();
     let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+    stop_admin.cancel();
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     tracing::info!("gateway stopped");
     Ok(())
 }

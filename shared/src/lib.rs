@@ -1,6 +1,7 @@
 //! Replyway's shared library: the contracts every side agrees on and the client
 //! pieces that backend services use.
 //!
+//! * [`admin`] — the admin port (`/healthz`, `/readyz`, `/metrics`);
 //! * [`backoff`] — pacing of retries that gives way to shutdown;
 //! * [`consumer`] — leaving a consumer group at shutdown, bounded;
 //! * [`record`] — the Kafka record contract (header names, request and reply
@@ -19,6 +20,7 @@
 //! * [`telemetry`] — logging set-up shared by the binaries.
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod backoff;
 pub mod consumer;
 pub mod record;

@@ -182,6 +182,7 @@ impl Requester {
             store: store.clone(),
             timeout: redis.timeout,
             live: Arc::clone(&live),
+            unclaimed: Arc::default(),
         };
         let subscription = tokio::spawn(subscriber.run(stop.clone()));
         Ok(Self {

@@ -7,7 +7,7 @@
 //! read nor heard, even when Redis came back empty.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -37,6 +37,8 @@ pub struct Subscriber {
     pub timeout: Duration,
     /// Whether the subscription is live (readiness).
     pub live: Arc<AtomicBool>,
+    /// Notifications for ids nobody waits for here any more (late replies).
+    pub unclaimed: Arc<AtomicU64>,
 }
 
 impl Subscriber {
@@ -91,7 +93,9 @@ impl Subscriber {
                     };
                     match decode_notification(message.get_payload_bytes()) {
                         Ok((id, reply)) => {
-                            self.waiters.deliver(&id, Arc::new(reply));
+                            if !self.waiters.deliver(&id, Arc::new(reply)) {
+                                self.unclaimed.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                         Err(e) => tracing::warn!(error = %e, "ignoring a malformed notification"),
                     }

@@ -569,6 +569,10 @@ pub struct Stack {
     pub collectors: Vec<Node>,
     /// Counters of the first collector, when it runs in this process.
     pub collector_stats: Arc<replyway_collector::Stats>,
+    /// Admin address of each gateway (`/healthz`, `/readyz`, `/metrics`).
+    pub gateway_admin: Vec<String>,
+    /// Admin address of each collector.
+    pub collector_admin: Vec<String>,
     /// Echo service.
     pub echo: Running,
     /// HTTP client.
@@ -653,11 +657,15 @@ impl Stack {
         };
         (options.gateway)(&mut gateway_settings);
         let mut gateways = Vec::new();
+        let mut gateway_admin = Vec::new();
         for _ in 0..options.gateways {
+            let admin_listen = format!("127.0.0.1:{}", free_port());
+            gateway_admin.push(admin_listen.clone());
             if options.processes {
                 let port = free_port();
                 let settings = replyway_gateway::Settings {
                     listen: format!("127.0.0.1:{port}"),
+                    admin_listen,
                     ..gateway_settings.clone()
                 };
                 let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -670,7 +678,11 @@ impl Stack {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
                 let addr = listener.local_addr()?;
                 let token = CancellationToken::new();
-                let run = replyway_gateway::run(gateway_settings.clone(), listener, token.clone());
+                let settings = replyway_gateway::Settings {
+                    admin_listen,
+                    ..gateway_settings.clone()
+                };
+                let run = replyway_gateway::run(settings, listener, token.clone());
                 gateways.push(Node::InProcess(Running::spawn(Some(addr), token, run)));
             }
         }
@@ -685,12 +697,19 @@ impl Stack {
         };
         (options.collector)(&mut collector_settings);
         let mut collectors = Vec::new();
+        let mut collector_admin = Vec::new();
         let mut collector_stats = Arc::default();
         for i in 0..options.collectors {
+            let admin_listen = format!("127.0.0.1:{}", free_port());
+            collector_admin.push(admin_listen.clone());
             if options.processes {
+                let settings = replyway_collector::Settings {
+                    admin_listen,
+                    ..collector_settings.clone()
+                };
                 collectors.push(Node::Process(Proc::spawn(
                     "replyway-collector",
-                    &collector_settings,
+                    &settings,
                     None,
                 )?));
             } else {
@@ -702,7 +721,7 @@ impl Stack {
                 collectors.push(Node::InProcess(Running::spawn(
                     None,
                     token.clone(),
-                    collector.run(token),
+                    async move { collector.run_with_admin(&admin_listen, token).await },
                 )));
             }
         }
@@ -725,6 +744,8 @@ impl Stack {
             gateways,
             collectors,
             collector_stats,
+            gateway_admin,
+            collector_admin,
             echo,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))

@@ -1,0 +1,151 @@
+//! The gateway's metrics, served on the admin port at `/metrics`.
+//!
+//! Labels stay bounded: `route` is a configured route's name (or `-` for a
+//! request that matched none, `replies` for `GET /v1/replies/{id}`), `status` an
+//! HTTP status code.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use replyway_shared::admin::{Collector, counter, gauge};
+use replyway_shared::waiters::Waiters;
+
+/// Labels of a request count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteStatus {
+    /// Route name.
+    pub route: String,
+    /// HTTP status answered.
+    pub status: u16,
+}
+
+/// Labels of per-route metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    /// Route name.
+    pub route: String,
+}
+
+type HistogramFamily = Family<RouteLabel, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 1 ms to about 33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// What the handlers count.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// Answered requests by route and status.
+    pub requests: Family<RouteStatus, Counter>,
+    /// Time from request to answer, by route.
+    pub latency: HistogramFamily,
+    /// Synchronous requests answered `504` (no reply in time), by route.
+    pub timeouts: Family<RouteLabel, Counter>,
+    /// Failed Redis operations.
+    pub redis_errors: Counter,
+    /// Commands Kafka did not take or acknowledge.
+    pub kafka_errors: Counter,
+}
+
+/// Values read at scrape time.
+#[derive(Debug)]
+struct Live {
+    waiters: Arc<Waiters>,
+    subscription_live: Arc<AtomicBool>,
+    late_replies: Arc<AtomicU64>,
+}
+
+impl Collector for Live {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        gauge(
+            &mut encoder,
+            "waiting_requests",
+            "Requests waiting for a reply on this node.",
+            i64::try_from(self.waiters.len()).unwrap_or(i64::MAX),
+        )?;
+        gauge(
+            &mut encoder,
+            "redis_subscription_up",
+            "1 while this node's Redis subscription is live.",
+            i64::from(self.subscription_live.load(Ordering::Relaxed)),
+        )?;
+        counter(
+            &mut encoder,
+            "late_replies",
+            "Replies that arrived after every request waiting for them on this node had gone (timed out or disconnected).",
+            self.late_replies.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Metrics {
+    /// Registers the metrics under `replyway_gateway_`, with the values read at
+    /// scrape time.
+    pub fn register(
+        waiters: Arc<Waiters>,
+        subscription_live: Arc<AtomicBool>,
+        late_replies: Arc<AtomicU64>,
+    ) -> (Self, Registry) {
+        let mut registry = Registry::with_prefix("replyway_gateway");
+        let metrics = Self {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            timeouts: Family::default(),
+            redis_errors: Counter::default(),
+            kafka_errors: Counter::default(),
+        };
+        registry.register(
+            "requests",
+            "Answered requests by route and HTTP status.",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from receiving a request to answering it, by route.",
+            metrics.latency.clone(),
+        );
+        registry.register(
+            "timeouts",
+            "Synchronous requests answered 504 because no reply came in time, by route.",
+            metrics.timeouts.clone(),
+        );
+        registry.register(
+            "redis_errors",
+            "Redis operations that failed or timed out.",
+            metrics.redis_errors.clone(),
+        );
+        registry.register(
+            "kafka_errors",
+            "Commands the broker did not take or did not acknowledge in time.",
+            metrics.kafka_errors.clone(),
+        );
+        registry.register_collector(Box::new(Live {
+            waiters,
+            subscription_live,
+            late_replies,
+        }));
+        (metrics, registry)
+    }
+
+    /// Counts one answered request.
+    pub fn answered(&self, route: &str, status: u16, seconds: f64) {
+        self.requests
+            .get_or_create(&RouteStatus {
+                route: route.to_owned(),
+                status,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabel {
+                route: route.to_owned(),
+            })
+            .observe(seconds);
+    }
+}

@@ -1,0 +1,243 @@
+//! What operators see: the admin port's metrics and readiness of gateway and
+//! collector, and the gateway's request log.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use replyway_tests::{REPLY_TOPIC, Stack, StackOptions, eventually, produce};
+
+type TestResult = anyhow::Result<()>;
+
+async fn scrape(stack: &Stack, admin: &str) -> anyhow::Result<String> {
+    let response = stack
+        .http
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status() == 200,
+        "/metrics answered {}",
+        response.status()
+    );
+    let content_type = response.headers()["content-type"].to_str()?.to_owned();
+    anyhow::ensure!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    Ok(response.text().await?)
+}
+
+/// The value of the sample `name{labels}` (exact line prefix), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gateway_and_collector_metrics_count_what_happened() -> TestResult {
+    let stack = Stack::start(StackOptions::default()).await?;
+    let gateway = stack.gateway_admin[0].clone();
+    let collector = stack.collector_admin[0].clone();
+    // What the warm-up did is counted too: start from a snapshot.
+    let before = scrape(&stack, &gateway).await?;
+    let echo_ok = r#"replyway_gateway_requests_total{route="POST /echo",status="200"}"#;
+    let base = sample(&before, echo_ok).unwrap_or(0.0);
+
+    for n in 0..3 {
+        let r = stack
+            .http
+            .post(stack.url(0, "/echo"))
+            .body(format!("m{n}"))
+            .send()
+            .await?;
+        assert_eq!(r.status(), 200);
+    }
+    // A timeout whose reply comes later: a 504, then a late reply.
+    let r = stack
+        .http
+        .post(stack.url(0, "/slow"))
+        .body(r#"{"sleep_ms":1500}"#)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 504);
+    let late_id = r.headers()["correlation-id"].to_str()?.to_owned();
+    // Unmatched paths all count under one label.
+    for n in 0..5 {
+        let r = stack
+            .http
+            .get(stack.url(0, &format!("/nothing/{n}")))
+            .send()
+            .await?;
+        assert_eq!(r.status(), 404);
+    }
+    // A malformed reply, counted by reason.
+    let producer = stack.broker.producer()?;
+    produce(&producer, REPLY_TOPIC, None, &[("status", "200")], b"no id").await?;
+
+    let late = eventually(Duration::from_secs(10), || async {
+        let text = scrape(&stack, &gateway).await.unwrap_or_default();
+        sample(&text, "replyway_gateway_late_replies_total").unwrap_or(0.0) >= 1.0
+    })
+    .await;
+    assert!(late, "the reply after the 504 was not counted as late");
+    let r = stack
+        .http
+        .get(stack.url(0, &format!("/v1/replies/{late_id}")))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+
+    let text = scrape(&stack, &gateway).await?;
+    assert_eq!(sample(&text, echo_ok), Some(base + 3.0), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            r#"replyway_gateway_requests_total{route="POST /slow",status="504"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"replyway_gateway_timeouts_total{route="POST /slow"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"replyway_gateway_requests_total{route="-",status="404"}"#
+        ),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"replyway_gateway_requests_total{route="replies",status="200"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"replyway_gateway_request_duration_seconds_count{route="POST /echo"}"#
+        ),
+        Some(base + 3.0)
+    );
+    assert!(
+        !text.contains("/nothing/"),
+        "a request path became a label value"
+    );
+    assert_eq!(
+        sample(&text, "replyway_gateway_waiting_requests"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&text, "replyway_gateway_redis_subscription_up"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "replyway_gateway_redis_errors_total"),
+        Some(0.0)
+    );
+
+    // The collector: stored replies, the malformed one, lag per partition, ready.
+    let ready = eventually(Duration::from_secs(20), || async {
+        let text = scrape(&stack, &collector).await.unwrap_or_default();
+        sample(
+            &text,
+            r#"replyway_collector_replies_malformed_total{reason="missing_correlation_id"}"#,
+        ) == Some(1.0)
+            && text.contains(
+                r#"replyway_collector_consumer_lag{topic="replyway.replies",partition="0"}"#,
+            )
+            && sample(&text, "replyway_collector_kafka_brokers_up").unwrap_or(0.0) >= 1.0
+    })
+    .await;
+    let text = scrape(&stack, &collector).await?;
+    assert!(ready, "collector metrics incomplete:\n{text}");
+    assert!(sample(&text, "replyway_collector_replies_stored_total").unwrap_or(0.0) >= 5.0);
+    let readyz = stack
+        .http
+        .get(format!("http://{collector}/readyz"))
+        .send()
+        .await?;
+    assert_eq!(readyz.status(), 200);
+
+    // Redis gone: the gateway answers 503 and counts the failure; both report not ready.
+    let mut stack = stack;
+    stack.redis.stop();
+    let r = stack
+        .http
+        .post(stack.url(0, "/echo"))
+        .body("x")
+        .send()
+        .await?;
+    assert_eq!(r.status(), 503);
+    let text = scrape(&stack, &gateway).await?;
+    assert!(sample(&text, "replyway_gateway_redis_errors_total").unwrap_or(0.0) >= 1.0);
+    for admin in [&gateway, &collector] {
+        let readyz = stack
+            .http
+            .get(format!("http://{admin}/readyz"))
+            .send()
+            .await?;
+        assert_eq!(readyz.status(), 503, "{admin} claims ready without Redis");
+    }
+    stack.redis.restart()?;
+    stack.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gateway_logs_one_json_line_per_request_without_bodies() -> TestResult {
+    let mut stack = Stack::start(StackOptions {
+        processes: true,
+        gateway: |g| g.log.json = true,
+        ..StackOptions::default()
+    })
+    .await?;
+    let secret = "card-number-4111111111111111";
+    let r = stack
+        .http
+        .post(stack.url(0, "/echo"))
+        .body(secret)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["correlation-id"].to_str()?.to_owned();
+    let r = stack.http.get(stack.url(0, "/missing")).send().await?;
+    assert_eq!(r.status(), 404);
+
+    let log = stack.gateways[0].process().log();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).map_err(|e| anyhow::anyhow!("not JSON: {l}: {e}")))
+        .collect::<anyhow::Result<_>>()?;
+    let requests: Vec<&Value> = lines.iter().filter(|v| v["message"] == "request").collect();
+    let ours = requests
+        .iter()
+        .find(|v| v["correlation_id"] == id.as_str())
+        .expect("a request line with the correlation id");
+    assert_eq!(ours["level"], "INFO");
+    assert_eq!(ours["route"], "POST /echo");
+    assert_eq!(ours["status"], 200);
+    assert!(ours["latency_ms"].as_f64().is_some_and(|ms| ms > 0.0));
+    assert!(
+        requests
+            .iter()
+            .any(|v| v["route"] == "-" && v["status"] == 404 && v["correlation_id"] == "-")
+    );
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|v| v["correlation_id"] == id.as_str())
+            .count(),
+        1,
+        "one line per request"
+    );
+    assert!(!log.contains(secret), "a request body reached the log");
+    stack.shutdown().await
+}
