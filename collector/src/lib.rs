@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use replyway_shared::backoff::Backoff;
 use replyway_shared::record::{ReplyError, reply_from_message};
 use replyway_shared::store::{Keys, ReplyToStore, Store, encode_reply};
+use replyway_shared::trace::{TraceContext, continue_trace};
 
 pub use config::Settings;
 
@@ -217,12 +218,28 @@ impl Collector {
         shutdown: &CancellationToken,
     ) -> bool {
         let mut replies = Vec::with_capacity(messages.len());
+        // One span per reply, in the reply's trace, open until it is stored.
+        let mut spans = Vec::with_capacity(messages.len());
         for message in messages {
             match reply_from_message(message, self.max_reply_bytes) {
-                Ok((id, reply)) => replies.push(ReplyToStore {
-                    id,
-                    encoded: encode_reply(&reply),
-                }),
+                Ok((id, reply)) => {
+                    let parent = TraceContext::from_headers(
+                        message
+                            .headers()
+                            .into_iter()
+                            .flat_map(|h| h.iter())
+                            .map(|h| (h.key, h.value)),
+                    );
+                    if let Some(parent) = parent {
+                        let span = tracing::info_span!("collector.store_reply", otel.kind = "consumer", correlation_id = %id);
+                        continue_trace(&span, Some(&parent));
+                        spans.push(span);
+                    }
+                    replies.push(ReplyToStore {
+                        id,
+                        encoded: encode_reply(&reply),
+                    });
+                }
                 Err(e) => {
                     self.stats.malformed.fetch_add(1, Ordering::Relaxed);
                     self.malformed

@@ -32,9 +32,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(&settings.log);
+    let telemetry = telemetry::init(&settings.log);
     if let Err(e) = settings.validate() {
         tracing::error!("invalid configuration: {e}");
+        telemetry.shutdown();
         return ExitCode::from(2);
     }
     let code = match replyway_collector::run(&settings, shutdown::on_signals()).await {
@@ -46,5 +47,6 @@ async fn main() -> ExitCode {
     };
     // Exit now: a consumer that could not leave its group (broker gone) may
     // still hold a blocking thread, which the runtime would wait for.
+    telemetry.shutdown();
     std::process::exit(code)
 }

@@ -17,6 +17,8 @@ use rdkafka::util::Timeout;
 use replyway_shared::Reply;
 use replyway_shared::record::{Request, is_valid_correlation_id, new_correlation_id, unix_millis};
 use replyway_shared::store::Lookup;
+use replyway_shared::trace::{TraceContext, continue_trace};
+use tracing::Instrument;
 
 use crate::prefer::Prefer;
 use crate::problem::{GatewayError, reply_location};
@@ -141,10 +143,17 @@ pub async fn route_request(
 ) -> Response {
     let started = Instant::now();
     let (route_name, result) = match state.routes.find(&method, uri.path()) {
-        Match::Found(route, params) => (
-            route.name.as_str(),
-            request_reply(&state, route, params, &method, &uri, &headers, body).await,
-        ),
+        Match::Found(route, params) => {
+            let span = tracing::info_span!(
+                "gateway.request",
+                otel.kind = "server",
+                route = %route.name,
+                correlation_id = tracing::field::Empty,
+            );
+            let trace = continue_trace(&span, incoming_trace(&headers).as_ref());
+            let answer = request_reply(&state, route, params, &method, &uri, &headers, body, trace);
+            (route.name.as_str(), answer.instrument(span).await)
+        }
         Match::MethodNotAllowed(allowed) => ("-", Err(GatewayError::MethodNotAllowed(allowed))),
         Match::NotFound => ("-", Err(GatewayError::NoRoute(uri.path().to_owned()))),
     };
@@ -213,6 +222,13 @@ enum Submitted {
     },
 }
 
+/// The client's trace context, when it sent a well-formed one.
+fn incoming_trace(headers: &HeaderMap) -> Option<TraceContext> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    TraceContext::parse(text("traceparent")?, text("tracestate"))
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn request_reply(
     state: &AppState,
     route: &Route,
@@ -221,10 +237,15 @@ async fn request_reply(
     uri: &Uri,
     headers: &HeaderMap,
     body: Body,
+    trace: TraceContext,
 ) -> Result<Response, GatewayError> {
     // Submitting is boxed and freed before the wait: what stays allocated while
     // a request waits (thousands at once) is only the waiting state.
-    match Box::pin(submit(state, route, params, method, uri, headers, body)).await? {
+    match Box::pin(submit(
+        state, route, params, method, uri, headers, body, trace,
+    ))
+    .await?
+    {
         Submitted::Answered(response) => Ok(response),
         Submitted::Waiting {
             id,
@@ -237,6 +258,7 @@ async fn request_reply(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn submit(
     state: &AppState,
     route: &Route,
@@ -245,6 +267,7 @@ async fn submit(
     uri: &Uri,
     headers: &HeaderMap,
     body: Body,
+    trace: TraceContext,
 ) -> Result<Submitted, GatewayError> {
     if state.shutdown.is_cancelled() {
         return Err(GatewayError::ShuttingDown);
@@ -266,8 +289,6 @@ async fn submit(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let traceparent = text("traceparent");
-    let tracestate = text("tracestate");
     let client_id = match &state.settings.client_id_header {
         Some(name) => text(name).filter(|v| !v.is_empty()),
         None => None,
@@ -281,6 +302,7 @@ async fn submit(
     .await?;
 
     let id = new_correlation_id();
+    tracing::Span::current().record("correlation_id", id.as_str());
     let wait = prefer.wait.map_or(route.timeout, |w| w.min(route.timeout));
     let idempotency = match idempotency_key(headers)? {
         Some(key) => {
@@ -340,8 +362,8 @@ async fn submit(
         content_type,
         method: Some(method.as_str().to_owned()),
         path: Some(uri.path().to_owned()),
-        traceparent,
-        tracestate,
+        traceparent: Some(trace.traceparent()),
+        tracestate: trace.state,
         client_id,
         headers: forwarded,
         key: None,

@@ -39,12 +39,15 @@ async fn main() -> ExitCode {
     if let Some(listen) = args.listen {
         settings.listen = listen;
     }
-    telemetry::init(&settings.log);
+    let telemetry = telemetry::init(&settings.log);
     if let Err(e) = settings.validate() {
         tracing::error!("invalid configuration: {e}");
+        telemetry.shutdown();
         return ExitCode::from(2);
     }
-    match serve(settings).await {
+    let served = serve(settings).await;
+    telemetry.shutdown();
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("gateway failed: {e:#}");

@@ -17,7 +17,8 @@
 //! * [`waiters`] and [`subscriber`] — a node's bounded map of waiting requests
 //!   and its one Redis subscription (used by the gateway and the requester);
 //! * [`shutdown`] — SIGINT/SIGTERM handling for the binaries;
-//! * [`telemetry`] — logging set-up shared by the binaries.
+//! * [`telemetry`] — logging and span export set-up shared by the binaries;
+//! * [`trace`] — W3C trace context carried from hop to hop.
 #![warn(missing_docs)]
 
 pub mod admin;
@@ -31,6 +32,7 @@ pub mod shutdown;
 pub mod store;
 pub mod subscriber;
 pub mod telemetry;
+pub mod trace;
 pub mod waiters;
 
 pub use record::{Reply, Request};

@@ -39,7 +39,9 @@ use crate::record::{Reply, Request, is_valid_correlation_id, new_correlation_id,
 use crate::settings::{InvalidSetting, KafkaSettings, RedisSettings, is_valid_topic};
 use crate::store::{Keys, Lookup, Store, StoreError};
 use crate::subscriber::Subscriber;
+use crate::trace::{TraceContext, continue_trace};
 use crate::waiters::Waiters;
+use tracing::Instrument;
 
 /// How a [`Requester`] is set up; everything but the reply topic has a default.
 #[derive(Debug, Clone)]
@@ -257,6 +259,26 @@ impl Requester {
             return Err(RequesterError::InvalidCorrelationId);
         }
         request.reply_to.clone_from(&inner.reply_topic);
+        let span = tracing::info_span!("requester.request", otel.kind = "client", topic = %topic, correlation_id = %request.correlation_id);
+        let parent = request
+            .traceparent
+            .as_deref()
+            .and_then(|t| TraceContext::parse(t, request.tracestate.as_deref()));
+        let trace = continue_trace(&span, parent.as_ref());
+        request.traceparent = Some(trace.traceparent());
+        request.tracestate = trace.state;
+        self.exchange(topic, request, timeout)
+            .instrument(span)
+            .await
+    }
+
+    async fn exchange(
+        &self,
+        topic: &str,
+        mut request: Request,
+        timeout: Duration,
+    ) -> Result<Reply, RequesterError> {
+        let inner = &self.inner;
         let created = SystemTime::now();
         request.deadline = Some(unix_millis(created + timeout));
         let id = request.correlation_id.clone();

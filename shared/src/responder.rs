@@ -31,9 +31,20 @@ use crate::backoff::Backoff;
 use crate::consumer::CloseError;
 use crate::record::{Reply, Request};
 use crate::settings::KafkaSettings;
+use crate::trace::{TraceContext, continue_trace};
+use tracing::Instrument;
 
-/// What a handler may fail with; the Responder answers `500` with its message.
+/// What a handler may fail with; the Responder answers `500` (the message is
+/// logged, not sent), except for [`Redeliver`].
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A handler error that leaves the command unanswered and its offset
+/// uncommitted, so it is delivered again after a restart or rebalance. Meant for
+/// a handler interrupted by shutdown half-way (its effects must be idempotent);
+/// any other failure should be answered.
+#[derive(Debug, thiserror::Error)]
+#[error("left for redelivery: {0}")]
+pub struct Redeliver(pub String);
 
 /// Counters of what the Responder did, readable while it runs.
 #[derive(Debug, Default)]
@@ -177,8 +188,24 @@ impl Responder {
         }
         let id = request.correlation_id.clone();
         let reply_to = request.reply_to.clone();
-        let reply = match handler(request).await {
+        // This hop joins the command's trace; the handler sees (and passes on)
+        // this hop's context, and the reply carries it back.
+        let span =
+            tracing::info_span!("responder.handle", otel.kind = "consumer", correlation_id = %id);
+        let parent = request
+            .traceparent
+            .as_deref()
+            .and_then(|t| TraceContext::parse(t, request.tracestate.as_deref()));
+        let trace = continue_trace(&span, parent.as_ref());
+        let mut request = request;
+        request.traceparent = Some(trace.traceparent());
+        request.tracestate.clone_from(&trace.state);
+        let reply = match handler(request).instrument(span).await {
             Ok(reply) => reply,
+            Err(e) if e.downcast_ref::<Redeliver>().is_some() => {
+                tracing::info!(correlation_id = %id, reason = %e, "command left unanswered for redelivery");
+                return false;
+            }
             Err(e) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(correlation_id = %id, error = %e, "handler failed; replying 500");
@@ -189,7 +216,7 @@ impl Responder {
                 )
             }
         };
-        let headers = reply.record_headers(&id);
+        let headers = trace.add_to(reply.record_headers(&id));
         let mut backoff = Backoff::default();
         loop {
             let record = FutureRecord::to(&reply_to)

@@ -278,6 +278,12 @@ pub struct LogSettings {
     pub filter: String,
     /// One JSON object per line instead of text.
     pub json: bool,
+    /// OTLP/HTTP (protobuf) endpoint that spans are exported to, e.g.
+    /// `http://otel-collector:4318/v1/traces`; unset: no export (trace context
+    /// is still propagated).
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of exported spans; default: the binary's name.
+    pub service_name: Option<String>,
 }
 
 impl Default for LogSettings {
@@ -285,6 +291,8 @@ impl Default for LogSettings {
         Self {
             filter: "info".into(),
             json: false,
+            otlp_endpoint: None,
+            service_name: None,
         }
     }
 }

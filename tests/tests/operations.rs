@@ -241,3 +241,172 @@ async fn gateway_logs_one_json_line_per_request_without_bodies() -> TestResult {
     assert!(!log.contains(secret), "a request body reached the log");
     stack.shutdown().await
 }
+
+fn trace_of(
+    message: &rdkafka::message::OwnedMessage,
+) -> Option<replyway_shared::trace::TraceContext> {
+    use rdkafka::message::{Headers, Message};
+    replyway_shared::trace::TraceContext::from_headers(
+        message
+            .headers()
+            .into_iter()
+            .flat_map(|h| h.iter())
+            .map(|h| (h.key, h.value)),
+    )
+}
+
+/// The command and the reply record of correlation id `id`.
+async fn records_of(
+    stack: &Stack,
+    id: &str,
+) -> anyhow::Result<(
+    rdkafka::message::OwnedMessage,
+    rdkafka::message::OwnedMessage,
+)> {
+    use rdkafka::message::Message;
+    let find = |topic: &'static str| async move {
+        let records = stack
+            .read_topic(topic, Duration::from_secs(20), |r| {
+                r.iter().any(|m| m.key() == Some(id.as_bytes()))
+            })
+            .await?;
+        records
+            .into_iter()
+            .find(|m| m.key() == Some(id.as_bytes()))
+            .ok_or_else(|| anyhow::anyhow!("no record of {id} on {topic}"))
+    };
+    Ok((
+        find(replyway_tests::ECHO_TOPIC).await?,
+        find(REPLY_TOPIC).await?,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_reply_record_carries_the_request_trace_id() -> TestResult {
+    let stack = Stack::start(StackOptions::default()).await?;
+    let client = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = stack
+        .http
+        .post(stack.url(0, "/echo"))
+        .header("traceparent", client)
+        .header("tracestate", "vendor=abc")
+        .body("traced")
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["correlation-id"].to_str()?.to_owned();
+    let (command, reply) = records_of(&stack, &id).await?;
+    let command = trace_of(&command).expect("the command carries a traceparent");
+    let reply = trace_of(&reply).expect("the reply carries a traceparent");
+    assert_eq!(command.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(reply.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_ne!(
+        command.traceparent(),
+        client,
+        "the gateway is a hop of its own"
+    );
+    assert_ne!(
+        reply.span_id, command.span_id,
+        "the service is a hop of its own"
+    );
+    assert_eq!(command.state.as_deref(), Some("vendor=abc"));
+    assert_eq!(reply.state.as_deref(), Some("vendor=abc"));
+
+    // No (or a malformed) traceparent: a new trace, still carried end to end.
+    for sent in [None, Some("00-nonsense-01")] {
+        let mut request = stack.http.post(stack.url(0, "/echo")).body("untraced");
+        if let Some(t) = sent {
+            request = request.header("traceparent", t);
+        }
+        let r = request.send().await?;
+        assert_eq!(r.status(), 200);
+        let id = r.headers()["correlation-id"].to_str()?.to_owned();
+        let (command, reply) = records_of(&stack, &id).await?;
+        let command = trace_of(&command).expect("a new trace on the command");
+        let reply = trace_of(&reply).expect("the reply carries it");
+        assert_eq!(reply.trace_id, command.trace_id);
+        assert_ne!(command.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+    stack.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spans_are_exported_over_otlp_when_an_endpoint_is_configured() -> TestResult {
+    use std::sync::{Arc, Mutex};
+    // A stand-in OTLP/HTTP receiver that keeps every export request's body.
+    let received: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let app = {
+        let received = Arc::clone(&received);
+        axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let received = Arc::clone(&received);
+                async move {
+                    received.lock().expect("not poisoned").push(body.to_vec());
+                    axum::http::StatusCode::OK
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let otlp = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let stack = Stack::start(StackOptions::default()).await?;
+    let port = replyway_tests::free_port();
+    let mut settings = stack.gateway_settings.clone();
+    settings.listen = format!("127.0.0.1:{port}");
+    settings.admin_listen = String::new();
+    settings.log.otlp_endpoint = Some(format!("http://{otlp}/v1/traces"));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut gateway = replyway_tests::Proc::spawn("replyway-gateway", &settings, Some(addr))?;
+    let url = format!("http://{addr}/echo");
+    let answered = eventually(Duration::from_secs(20), || async {
+        stack
+            .http
+            .post(&url)
+            .header(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )
+            .body("exported")
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(
+        answered,
+        "the exporting gateway did not answer:\n{}",
+        gateway.log()
+    );
+    gateway.signal("TERM")?;
+    assert!(gateway.wait_exit(Duration::from_secs(20)).await.is_some());
+
+    let trace_id = [
+        0x0a, 0xf7, 0x65, 0x19, 0x16, 0xcd, 0x43, 0xdd, 0x84, 0x48, 0xeb, 0x21, 0x1c, 0x80, 0x31,
+        0x9c,
+    ];
+    let bodies = received.lock().expect("not poisoned").clone();
+    let all: Vec<u8> = bodies.concat();
+    assert!(
+        !bodies.is_empty(),
+        "nothing was exported:\n{}",
+        gateway.log()
+    );
+    assert!(
+        all.windows(16).any(|w| w == trace_id),
+        "no exported span carries the request's trace id"
+    );
+    assert!(
+        all.windows(b"gateway.request".len())
+            .any(|w| w == b"gateway.request"),
+        "the gateway's span is not among the exported ones"
+    );
+    assert!(
+        all.windows(b"replyway-gateway".len())
+            .any(|w| w == b"replyway-gateway"),
+        "service.name is not the binary's name"
+    );
+    stack.shutdown().await
+}

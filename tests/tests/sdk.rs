@@ -426,14 +426,13 @@ async fn responder_skips_expired_answers_failures_bounds_concurrency_and_drains(
         } else {
             assert_eq!(reply.status, 200);
             assert_eq!(reply.body, format!("n{n}").as_bytes());
-            assert_eq!(
-                reply.headers,
-                vec![(
-                    "x-trace".to_owned(),
-                    format!("00-{:032x}-{:016x}-01", n + 1, n + 1)
-                )],
-                "the handler saw the command's trace context"
-            );
+            // The handler sees its own hop: the command's trace, a new span.
+            let (name, seen) = &reply.headers[0];
+            assert_eq!(name, "x-trace");
+            let seen =
+                replyway_shared::trace::TraceContext::parse(seen, None).expect("a traceparent");
+            assert_eq!(seen.trace_id_hex(), format!("{:032x}", n + 1));
+            assert_ne!(seen.span_id, (*n as u64 + 1).to_be_bytes());
         }
     }
     assert_eq!(
@@ -515,4 +514,74 @@ async fn risk_scoring_example_two_processes_each_get_their_own_scores() -> TestR
     kyc.signal("TERM")?;
     assert!(kyc.wait_exit(Duration::from_secs(15)).await.is_some());
     stack.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_command_left_for_redelivery_is_served_after_a_restart() -> TestResult {
+    replyway_tests::init_logs();
+    let broker = Broker::start()?;
+    broker
+        .create_topics(&["rd.requests", "rd.replies"], 1)
+        .await?;
+    let first = Responder::new(&broker.kafka_settings(), "rd", &["rd.requests"], 4)?;
+    let stats = first.stats();
+    let stop = CancellationToken::new();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let serving = tokio::spawn(first.run(
+        {
+            let attempts = Arc::clone(&attempts);
+            move |_request: Request| {
+                attempts.fetch_add(1, Ordering::SeqCst);
+                async {
+                    Err::<Reply, HandlerError>(Box::new(replyway_shared::responder::Redeliver(
+                        "shutting down".into(),
+                    )))
+                }
+            }
+        },
+        stop.clone(),
+    ));
+    let mut command = Request::new("rd.replies", "pay once");
+    command.set_timeout(Duration::from_secs(60));
+    broker
+        .producer()?
+        .send(
+            FutureRecord::to("rd.requests")
+                .key(&command.correlation_id)
+                .payload(&command.body[..])
+                .headers(command.record_headers()),
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
+    assert!(
+        replyway_tests::eventually(Duration::from_secs(10), || async {
+            attempts.load(Ordering::SeqCst) >= 1
+        })
+        .await
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(15), serving).await???;
+    assert_eq!(stats.replied.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        stats.failed.load(Ordering::Relaxed),
+        0,
+        "not answered with 500"
+    );
+
+    // The next member of the group gets the command again and answers it.
+    let second = Responder::new(&broker.kafka_settings(), "rd", &["rd.requests"], 4)?;
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(second.run(
+        |request: Request| async move {
+            Ok::<_, HandlerError>(Reply::with_body(200, "text/plain", request.body))
+        },
+        stop.clone(),
+    ));
+    let got = replies(&broker, "rd.replies", 1).await?;
+    assert_eq!(got[0].0, command.correlation_id);
+    assert_eq!(got[0].1.body, "pay once");
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(15), serving).await???;
+    Ok(())
 }

@@ -31,7 +31,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(&settings.log);
+    let telemetry = telemetry::init(&settings.log);
     let code = match replyway_echo::run(&settings, shutdown::on_signals()).await {
         Ok(()) => 0,
         Err(e) => {
@@ -41,5 +41,6 @@ async fn main() -> ExitCode {
     };
     // Exit now: a consumer that could not leave its group (broker gone) may
     // still hold a blocking thread, which the runtime would wait for.
+    telemetry.shutdown();
     std::process::exit(code)
 }

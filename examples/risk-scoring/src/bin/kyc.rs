@@ -30,7 +30,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(&settings.log);
+    let telemetry = telemetry::init(&settings.log);
     let code = match replyway_risk_scoring::serve_kyc(&settings, shutdown::on_signals()).await {
         Ok(()) => 0,
         Err(e) => {
@@ -38,5 +38,6 @@ async fn main() -> ExitCode {
             1
         }
     };
+    telemetry.shutdown();
     std::process::exit(code)
 }

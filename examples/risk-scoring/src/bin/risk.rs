@@ -33,8 +33,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(&settings.log);
-    match replyway_risk_scoring::score_customers(&settings).await {
+    let telemetry = telemetry::init(&settings.log);
+    let outcome = replyway_risk_scoring::score_customers(&settings).await;
+    telemetry.shutdown();
+    match outcome {
         Ok(outcome) => {
             println!("{}", serde_json::json!(outcome));
             let all_own = outcome.own == settings.customers;
