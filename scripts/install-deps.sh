@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Replyway's local runs and tests need and is missing:
-# redis-server (Debian package) and the tansu broker (from crates.io).
+# redis-server (Debian package), the tansu broker (from crates.io) and the
+# Python venv of the Python example service (PyPI).
 set -euo pipefail
 
 TANSU_VERSION=0.6.0
@@ -26,3 +27,5 @@ fi
 
 if ! rustup component list --installed 2>/dev/null | grep -q '^rustfmt'; then rustup component add rustfmt; fi
 if ! rustup component list --installed 2>/dev/null | grep -q '^clippy'; then rustup component add clippy; fi
+
+"$(dirname "$0")/install-python.sh"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts the whole Replyway stack on this machine: a tansu broker, Redis, the
-# collector, the echo demo service and the gateway. Ctrl-C stops everything.
+# collector, the echo and ledger demo services and the gateway. Ctrl-C stops
+# everything.
 #
 # Ports (override with the environment): gateway 8080 (config/local/gateway.toml),
 # KAFKA_PORT=9092, REDIS_PORT=6380.
@@ -60,7 +61,7 @@ infra+=($!)
 wait_port "$REDIS_PORT"
 wait_port "$KAFKA_PORT"
 
-for topic in echo.requests replyway.replies; do
+for topic in echo.requests ledger.requests ledger.events kyc.requests replyway.replies; do
   tansu topic create "$topic" --partitions 3 --broker "$BROKER" >>"$RUN_DIR/logs/tansu.log" 2>&1
 done
 
@@ -68,6 +69,8 @@ bin=target/release
 "$bin/replyway-collector" --config config/local/collector.toml >"$RUN_DIR/logs/collector.log" 2>&1 &
 pids+=($!)
 "$bin/replyway-echo" --config config/local/echo.toml >"$RUN_DIR/logs/echo.log" 2>&1 &
+pids+=($!)
+"$bin/replyway-ledger" --config config/local/ledger.toml >"$RUN_DIR/logs/ledger.log" 2>&1 &
 pids+=($!)
 "$bin/replyway-gateway" --config config/local/gateway.toml --listen "$GATEWAY_LISTEN" >"$RUN_DIR/logs/gateway.log" 2>&1 &
 pids+=($!)
@@ -81,9 +84,14 @@ curl -fsS "http://${GATEWAY_LISTEN}/readyz" >/dev/null || { echo "the gateway di
 cat <<EOT
 
 Replyway is running:
-  gateway     http://${GATEWAY_LISTEN}   (routes: POST /echo, POST /echo/{key})
+  gateway     http://${GATEWAY_LISTEN}   (routes: POST /echo, POST /echo/{key},
+              POST /ledger/transfers, GET /ledger/accounts/{account})
+              admin (/healthz /readyz /metrics) on http://127.0.0.1:9090
   collector   consumer group replyway-collector on replyway.replies
+              admin on http://127.0.0.1:9091
   echo        consumer group replyway-echo on echo.requests
+  ledger      consumer group replyway-ledger on ledger.requests, events to ledger.events
+              (accounts alice and bob in Redis under the key prefix ledger)
   broker      tansu at 127.0.0.1:${KAFKA_PORT} (in memory)
   redis       127.0.0.1:${REDIS_PORT} (key prefix replyway)
   logs        ${RUN_DIR}/logs/
@@ -92,6 +100,14 @@ Try:
   curl -i -X POST http://${GATEWAY_LISTEN}/echo -H 'content-type: application/json' -d '{"hello":"world"}'
   curl -i -X POST http://${GATEWAY_LISTEN}/echo -d '{"status":409}'
   curl -i -X POST http://${GATEWAY_LISTEN}/echo -H 'prefer: respond-async' -d 'later'
+  curl -i -X POST http://${GATEWAY_LISTEN}/ledger/transfers -H 'content-type: application/json' \\
+       -H 'x-client-id: shop-7' -d '{"from":"alice","to":"bob","amount":250}'
+  curl -i http://${GATEWAY_LISTEN}/ledger/accounts/bob
+  curl -s http://127.0.0.1:9090/metrics | grep replyway_gateway_requests
+
+Service to service (the Requester; topic kyc.requests is there):
+  target/release/replyway-kyc -c config/local/risk-scoring.toml &
+  target/release/replyway-risk-scoring -c config/local/risk-scoring.toml
 
 Ctrl-C stops everything.
 EOT
