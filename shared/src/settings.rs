@@ -376,6 +376,52 @@ mod tests {
     }
 
     #[test]
+    fn tls_and_sasl_properties_reach_librdkafka() {
+        // The clients are built with TLS and SASL support: these properties are
+        // accepted (librdkafka rejects them at creation when built without).
+        let mut k = KafkaSettings::default();
+        for (key, value) in [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanisms", "SCRAM-SHA-512"),
+            ("sasl.username", "replyway"),
+            ("sasl.password", "secret"),
+            ("ssl.endpoint.identification.algorithm", "https"),
+        ] {
+            k.common.insert(key.into(), value.into());
+        }
+        let producer: Result<rdkafka::producer::BaseProducer, _> = k.producer_config().create();
+        assert!(producer.is_ok(), "{:?}", producer.err());
+        let consumer: Result<rdkafka::consumer::BaseConsumer, _> = k.consumer_config("g").create();
+        assert!(consumer.is_ok(), "{:?}", consumer.err());
+        // And a wrong value is refused at creation, naming the property.
+        k.common
+            .insert("security.protocol".into(), "CARRIER_PIGEON".into());
+        let refused: Result<rdkafka::producer::BaseProducer, _> = k.producer_config().create();
+        assert!(
+            refused
+                .err()
+                .is_some_and(|e| e.to_string().contains("security.protocol"))
+        );
+    }
+
+    #[test]
+    fn redis_urls_with_tls_and_passwords_are_accepted() {
+        for url in [
+            "rediss://:secret@redis.example:6380/0",
+            "rediss://user:secret@redis.example:6380",
+            "redis://:secret@127.0.0.1:6379/2",
+        ] {
+            let r = RedisSettings {
+                url: url.into(),
+                ..RedisSettings::default()
+            };
+            assert!(r.validate().is_ok(), "{url}");
+            assert!(r.client().is_ok(), "{url}");
+            assert!(!r.redacted_url().contains("secret"), "{url}");
+        }
+    }
+
+    #[test]
     fn topic_names() {
         assert!(is_valid_topic("echo.requests"));
         assert!(!is_valid_topic("a/b"));

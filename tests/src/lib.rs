@@ -53,6 +53,8 @@ pub struct RedisServer {
     /// Its port.
     pub port: u16,
     dir: tempfile::TempDir,
+    /// TLS only (a self-signed certificate) with this password.
+    secure: Option<String>,
 }
 
 impl RedisServer {
@@ -62,6 +64,34 @@ impl RedisServer {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir()?,
+            secure: None,
+        };
+        server.restart()?;
+        Ok(server)
+    }
+
+    /// Starts one that speaks only TLS (a self-signed certificate made with the
+    /// `openssl` tool) and requires `password`.
+    pub fn start_secure(password: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let status = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+            .arg(dir.path().join("key.pem"))
+            .arg("-out")
+            .arg(dir.path().join("cert.pem"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("running openssl to make a certificate")?;
+        anyhow::ensure!(status.success(), "openssl req failed");
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            dir,
+            secure: Some(password.to_owned()),
         };
         server.restart()?;
         Ok(server)
@@ -69,17 +99,27 @@ impl RedisServer {
 
     /// Starts it (again) on the same port.
     pub fn restart(&mut self) -> anyhow::Result<()> {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        let port = self.port.to_string();
+        let mut command = Command::new("redis-server");
+        match &self.secure {
+            None => command.args(["--port", &port]),
+            Some(password) => command
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(self.dir.path().join("cert.pem"))
+                .arg("--tls-key-file")
+                .arg(self.dir.path().join("key.pem"))
+                .args(["--requirepass", password]),
+        };
+        let child = command
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -103,9 +143,14 @@ impl RedisServer {
         self.child.as_ref().map(Child::id)
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>`, or for a secure one
+    /// `rediss://:<password>@127.0.0.1:<port>/#insecure` (the certificate is
+    /// self-signed, so it is not verified).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.secure {
+            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(password) => format!("rediss://:{password}@127.0.0.1:{}/#insecure", self.port),
+        }
     }
 
     /// A client connection.
@@ -597,6 +642,8 @@ pub struct StackOptions {
     pub max_waiting: usize,
     /// Dead-letter topic of the collectors (created with the other topics).
     pub dead_letter_topic: Option<String>,
+    /// Redis over TLS only, with this password.
+    pub redis_password: Option<String>,
     /// Changes to the gateway settings.
     pub gateway: fn(&mut replyway_gateway::Settings),
     /// Changes to the collector settings.
@@ -612,6 +659,7 @@ impl Default for StackOptions {
             persistent_broker: false,
             max_waiting: 10_000,
             dead_letter_topic: None,
+            redis_password: None,
             gateway: |_| {},
             collector: |_| {},
         }
@@ -628,7 +676,10 @@ impl Stack {
         } else {
             Broker::start()?
         };
-        let redis = RedisServer::start()?;
+        let redis = match &options.redis_password {
+            Some(password) => RedisServer::start_secure(password)?,
+            None => RedisServer::start()?,
+        };
         let mut topics = vec![ECHO_TOPIC, REPLY_TOPIC];
         if let Some(dlq) = &options.dead_letter_topic {
             topics.push(dlq);

@@ -410,3 +410,54 @@ async fn spans_are_exported_over_otlp_when_an_endpoint_is_configured() -> TestRe
     );
     stack.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_stack_runs_on_redis_over_tls_with_a_password() -> TestResult {
+    let stack = Stack::start(StackOptions {
+        processes: true,
+        redis_password: Some("s3cret-pass".into()),
+        ..StackOptions::default()
+    })
+    .await?;
+    assert!(stack.gateway_settings.redis.url.starts_with("rediss://"));
+    for n in 0..20 {
+        let r = stack
+            .http
+            .post(stack.url(0, "/echo"))
+            .body(format!("over tls {n}"))
+            .send()
+            .await?;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await?, format!("over tls {n}"));
+    }
+    // The same server refuses a wrong password and a plain connection: the
+    // settings above really were used.
+    let mut conn = stack.redis.connection().await?;
+    let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
+    assert_eq!(pong, "PONG");
+    let wrong = stack.redis.url().replace("s3cret-pass", "wrong");
+    let refused = async {
+        let mut c = redis::Client::open(wrong)?
+            .get_multiplexed_async_connection()
+            .await?;
+        redis::cmd("PING").query_async::<String>(&mut c).await
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), refused)
+            .await
+            .map_or(true, |r| r.is_err())
+    );
+    let plain = format!("redis://127.0.0.1:{}", stack.redis.port);
+    let refused = async {
+        let mut c = redis::Client::open(plain)?
+            .get_multiplexed_async_connection()
+            .await?;
+        redis::cmd("PING").query_async::<String>(&mut c).await
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), refused)
+            .await
+            .map_or(true, |r| r.is_err())
+    );
+    stack.shutdown().await
+}
