@@ -45,6 +45,63 @@ pub fn load<T: Serialize + DeserializeOwned>(
     figment.merge(env).extract().map_err(Box::new)
 }
 
+/// Every setting of `defaults` with its default value and its environment
+/// variable, one per line, for `--help` (generated, so it lists every key).
+pub fn reference<T: Serialize>(defaults: &T) -> String {
+    fn walk(prefix: &str, value: &serde_json::Value, lines: &mut Vec<(String, String)>) {
+        match value {
+            serde_json::Value::Object(map) if !map.is_empty() => {
+                for (key, value) in map {
+                    let key = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    walk(&key, value, lines);
+                }
+            }
+            serde_json::Value::Null => lines.push((prefix.to_owned(), "(unset)".into())),
+            other => lines.push((prefix.to_owned(), other.to_string())),
+        }
+    }
+    let mut lines = Vec::new();
+    if let Ok(value) = serde_json::to_value(defaults) {
+        walk("", &value, &mut lines);
+    }
+    let width = lines
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .max()
+        .unwrap_or(0)
+        + 4;
+    let mut text = String::from(
+        "Settings: built-in defaults, then the TOML file (--config), then environment\n\
+         variables REPLYWAY_<KEY> with nested keys joined by __. An unknown or malformed\n\
+         setting stops the program, naming it. Tables of librdkafka properties take\n\
+         dotted keys: set them in the file, or as an inline table, e.g.\n\
+         REPLYWAY_KAFKA__CONSUMER='{\"fetch.wait.max.ms\"=\"1\"}'. README.md, Configuration,\n\
+         says what each setting means.\n\n",
+    );
+    for (key, value) in lines {
+        let env = format!(
+            "{ENV_PREFIX}{}",
+            key.replace('.', "__").to_ascii_uppercase()
+        );
+        let setting = format!("{key} = {value}");
+        text.push_str(&format!("  {setting:<width$}{env}\n"));
+    }
+    text
+}
+
+/// Parses the command line of a binary whose settings are `defaults`: `--help`
+/// ends with [`reference`].
+pub fn parse_args<A: clap::Parser, T: Serialize>(defaults: &T) -> A {
+    let command = A::command()
+        .after_help("--help lists every setting with its default and environment variable.")
+        .after_long_help(reference(defaults));
+    A::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit())
+}
+
 /// How to reach Redis and how long its records live.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -418,6 +475,21 @@ mod tests {
             assert!(r.validate().is_ok(), "{url}");
             assert!(r.client().is_ok(), "{url}");
             assert!(!r.redacted_url().contains("secret"), "{url}");
+        }
+    }
+
+    #[test]
+    fn reference_lists_every_setting_with_its_variable() {
+        let text = reference(&Sample::default());
+        for line in [
+            "name = \"\"",
+            "REPLYWAY_NAME",
+            "redis.url = \"redis://127.0.0.1:6379\"",
+            "REPLYWAY_REDIS__URL",
+            "redis.ttl = \"10m\"",
+            "REPLYWAY_REDIS__POOL_SIZE",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
         }
     }
 

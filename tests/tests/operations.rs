@@ -461,3 +461,65 @@ async fn the_stack_runs_on_redis_over_tls_with_a_password() -> TestResult {
     );
     stack.shutdown().await
 }
+
+#[test]
+fn every_binary_lists_its_settings_in_help_and_names_a_bad_one() -> TestResult {
+    let run = |binary: &str, args: &[&str], env: &[(&str, &str)]| {
+        let mut command = std::process::Command::new(replyway_tests::bin_path(binary));
+        command.args(args);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        command.output()
+    };
+    for (binary, settings) in [
+        (
+            "replyway-gateway",
+            &["listen", "admin_listen", "routes", "client_id_header"][..],
+        ),
+        (
+            "replyway-collector",
+            &["topics", "group_id", "admin_listen", "dead_letter_topic"],
+        ),
+        ("replyway-echo", &["topics", "max_in_flight"]),
+        ("replyway-ledger", &["accounts"]),
+    ] {
+        let help = run(binary, &["--help"], &[])?;
+        assert!(help.status.success());
+        let text = String::from_utf8(help.stdout)?;
+        for setting in settings
+            .iter()
+            .chain(&[
+                "redis.url",
+                "kafka.brokers",
+                "kafka.consumer",
+                "log.json",
+                "log.otlp_endpoint",
+            ])
+            .filter(|s| binary != "replyway-echo" || !s.starts_with("redis"))
+        {
+            assert!(
+                text.contains(&format!("\n  {setting} = ")),
+                "{binary} --help does not list {setting}:\n{text}"
+            );
+        }
+        assert!(text.contains("REPLYWAY_KAFKA__BROKERS"), "{text}");
+    }
+    // A bad setting from the environment stops the binary at start, naming it.
+    let bad = run(
+        "replyway-gateway",
+        &[],
+        &[("REPLYWAY_REDIS__TIMEOUT", "soon")],
+    )?;
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = String::from_utf8(bad.stderr)?;
+    assert!(
+        stderr.to_ascii_lowercase().contains("redis.timeout"),
+        "{stderr}"
+    );
+    let bad = run("replyway-collector", &[], &[("REPLYWAY_BATCH_MAX", "0")])?;
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = String::from_utf8(bad.stderr)?;
+    assert!(stderr.contains("batch_max"), "{stderr}");
+    Ok(())
+}

@@ -22,7 +22,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = settings::parse_args(&Settings::default());
     let settings: Settings = match settings::load(&Settings::default(), args.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
