@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use replyway_shared::settings::{
-    InvalidSetting, KafkaSettings, LogSettings, RedisSettings, is_valid_topic,
+    InvalidSetting, KafkaSettings, LogSettings, RedisSettings, Secret, is_valid_topic,
 };
 
 /// Everything the collector is configured with.
@@ -23,6 +23,10 @@ pub struct Settings {
     /// Topic that malformed replies are sent to, with the reason in a header;
     /// unset: they are counted, logged and skipped.
     pub dead_letter_topic: Option<String>,
+    /// The gateways' `correlation_secret`: replies whose id it did not sign are
+    /// rejected (counted and dead-lettered as `unsigned_correlation_id`).
+    #[serde(default)]
+    pub correlation_secret: Option<Secret>,
     /// Redis.
     pub redis: RedisSettings,
     /// Kafka.
@@ -40,6 +44,7 @@ impl Default for Settings {
             batch_max: 500,
             max_reply_bytes: 4 * 1024 * 1024,
             dead_letter_topic: None,
+            correlation_secret: None,
             redis: RedisSettings::default(),
             kafka: KafkaSettings::default(),
             log: LogSettings::default(),
@@ -55,6 +60,10 @@ impl Settings {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         self.redis.validate()?;
         self.kafka.validate()?;
+        replyway_shared::correlation::Signer::optional(
+            "correlation_secret",
+            self.correlation_secret.as_ref().map(Secret::expose),
+        )?;
         if self.topics.is_empty() {
             return Err(InvalidSetting::new(
                 "topics",

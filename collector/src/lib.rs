@@ -89,6 +89,7 @@ pub struct Collector {
     store: Store,
     batch_max: usize,
     max_reply_bytes: usize,
+    signer: Option<replyway_shared::correlation::Signer>,
     stats: Arc<Stats>,
     observed: Arc<metrics::Observed>,
     malformed: metrics::MalformedFamily,
@@ -150,6 +151,13 @@ impl Collector {
             store,
             batch_max: settings.batch_max,
             max_reply_bytes: settings.max_reply_bytes,
+            signer: replyway_shared::correlation::Signer::optional(
+                "correlation_secret",
+                settings
+                    .correlation_secret
+                    .as_ref()
+                    .map(replyway_shared::settings::Secret::expose),
+            )?,
             stats: Arc::default(),
             observed,
             malformed: prometheus_client::metrics::family::Family::default(),
@@ -221,7 +229,13 @@ impl Collector {
         // One span per reply, in the reply's trace, open until it is stored.
         let mut spans = Vec::with_capacity(messages.len());
         for message in messages {
-            match reply_from_message(message, self.max_reply_bytes) {
+            let parsed = reply_from_message(message, self.max_reply_bytes).and_then(
+                |(id, reply)| match &self.signer {
+                    Some(signer) if !signer.verify(&id) => Err(ReplyError::Unsigned),
+                    _ => Ok((id, reply)),
+                },
+            );
+            match parsed {
                 Ok((id, reply)) => {
                     let parent = TraceContext::from_headers(
                         message

@@ -4,10 +4,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use replyway_shared::correlation::Signer;
 use replyway_shared::settings::{
-    InvalidSetting, KafkaSettings, LogSettings, RedisSettings, is_valid_topic,
+    InvalidSetting, KafkaSettings, LogSettings, RedisSettings, Secret, is_valid_topic,
 };
 
+use crate::auth::RouteAuth;
 use crate::routes::{RouteConfig, RouteTable};
 
 /// Everything the gateway is configured with.
@@ -36,6 +38,11 @@ pub struct Settings {
     /// Longest time a client may take to send a request's body (`408` past it).
     #[serde(with = "humantime_serde")]
     pub body_read_timeout: Duration,
+    /// Largest request head (request line and headers) in bytes; larger: `431`.
+    pub max_header_bytes: usize,
+    /// TLS on the API port; unset: plain HTTP (and h2c).
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
     /// Most requests in flight on one HTTP/2 connection (clients that speak
     /// HTTP/2 without TLS, "h2c", share one connection among many requests).
     pub http2_max_streams: u32,
@@ -54,6 +61,17 @@ pub struct Settings {
     /// the record's `client-id`. Unset: no `client-id` is sent.
     #[serde(default)]
     pub client_id_header: Option<String>,
+    /// A request header in which a trusted proxy passes the client's address
+    /// (e.g. `x-forwarded-for`; the first address is used); unset: the
+    /// connection's peer. Keys rate limits of unauthenticated callers.
+    #[serde(default)]
+    pub client_ip_header: Option<String>,
+    /// Authentication: API keys and JWT validation (routes choose with `auth`).
+    pub auth: crate::auth::AuthConfig,
+    /// Secret (≥ 32 bytes) for signed correlation ids: issued ids carry an HMAC
+    /// tag, and unsigned ids are unknown (`404`). Give the collectors the same.
+    #[serde(default)]
+    pub correlation_secret: Option<Secret>,
     /// Redis.
     pub redis: RedisSettings,
     /// Kafka.
@@ -77,9 +95,14 @@ impl Default for Settings {
             body_read_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
             http2_max_streams: 1000,
+            max_header_bytes: 16 * 1024,
+            tls: None,
             idempotency_ttl: None,
             reply_topic: "replyway.replies".into(),
             client_id_header: None,
+            client_ip_header: None,
+            auth: crate::auth::AuthConfig::default(),
+            correlation_secret: None,
             redis: RedisSettings::default(),
             kafka: KafkaSettings::default(),
             log: LogSettings::default(),
@@ -89,6 +112,17 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// The id signer, when `correlation_secret` is set.
+    ///
+    /// # Errors
+    /// [`InvalidSetting`] when the secret is too short.
+    pub fn signer(&self) -> Result<Option<Signer>, InvalidSetting> {
+        Signer::optional(
+            "correlation_secret",
+            self.correlation_secret.as_ref().map(Secret::expose),
+        )
+    }
+
     /// How long an idempotency key is remembered.
     pub fn idempotency_ttl(&self) -> Duration {
         self.idempotency_ttl.unwrap_or(self.redis.ttl)
@@ -107,6 +141,7 @@ impl Settings {
                 "not a legal Kafka topic name",
             ));
         }
+        self.signer()?;
         if let Some(name) = &self.client_id_header
             && axum::http::HeaderName::from_bytes(name.as_bytes()).is_err()
         {
@@ -167,6 +202,38 @@ impl Settings {
                     "must be shorter than redis.ttl: a reply is kept longer than anyone waits",
                 ));
             }
+            let keys = !self.auth.api_keys.is_empty();
+            let jwt = self.auth.jwt.is_some();
+            let usable = match route.auth {
+                RouteAuth::None => route.scopes.is_empty(),
+                RouteAuth::ApiKey => keys,
+                RouteAuth::Jwt => jwt,
+                RouteAuth::Any => keys || jwt,
+            };
+            if !usable {
+                return Err(InvalidSetting::new(
+                    format!("routes[{i}].auth"),
+                    "needs auth.api_keys or auth.jwt configured (and scopes need an auth other than none)",
+                ));
+            }
+        }
+        crate::auth::Authenticator::new(&self.auth)?;
+        if let Some(tls) = &self.tls {
+            crate::tls::acceptor(tls)?;
+        }
+        if !(1024..=1024 * 1024).contains(&self.max_header_bytes) {
+            return Err(InvalidSetting::new(
+                "max_header_bytes",
+                "must be 1 KiB to 1 MiB",
+            ));
+        }
+        if let Some(name) = &self.client_ip_header
+            && axum::http::HeaderName::from_bytes(name.as_bytes()).is_err()
+        {
+            return Err(InvalidSetting::new(
+                "client_ip_header",
+                "not an HTTP header name",
+            ));
         }
         Ok(routes)
     }

@@ -16,7 +16,9 @@ use rdkafka::util::Timeout;
 
 use replyway_shared::Reply;
 use replyway_shared::record::{Request, is_valid_correlation_id, new_correlation_id, unix_millis};
-use replyway_shared::store::Lookup;
+use replyway_shared::store::{Lookup, PendingInfo};
+
+use crate::auth::RouteAuth;
 use replyway_shared::trace::{TraceContext, continue_trace};
 use tracing::Instrument;
 
@@ -136,6 +138,7 @@ fn forwarded_headers(
 /// route, produced as a command and answered with its reply.
 pub async fn route_request(
     State(state): State<AppState>,
+    peer: Option<axum::Extension<crate::PeerAddr>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -151,7 +154,19 @@ pub async fn route_request(
                 correlation_id = tracing::field::Empty,
             );
             let trace = continue_trace(&span, incoming_trace(&headers).as_ref());
-            let answer = request_reply(&state, route, params, &method, &uri, &headers, body, trace);
+            let answer = async {
+                // Boxed, as submitting is: only the waiting state stays.
+                let (principal, rate) =
+                    Box::pin(admit(&state, route, &headers, peer.map(|p| p.0.0))).await?;
+                let caller = Box::new(Caller { principal, trace });
+                let mut response =
+                    request_reply(&state, route, params, &method, &uri, &headers, body, caller)
+                        .await?;
+                if let Some(rate) = rate {
+                    rate.add_headers(response.headers_mut());
+                }
+                Ok(response)
+            };
             (route.name.as_str(), answer.instrument(span).await)
         }
         Match::MethodNotAllowed(allowed) => ("-", Err(GatewayError::MethodNotAllowed(allowed))),
@@ -175,6 +190,15 @@ pub async fn route_request(
 }
 
 impl AppState {
+    /// The answer to a refused authentication: `401` or `403`, with the challenge.
+    fn auth_error(&self, error: crate::auth::AuthError) -> GatewayError {
+        let challenge = self.auth.challenge(&error);
+        match error {
+            crate::auth::AuthError::Forbidden(_) => GatewayError::Forbidden(error, challenge),
+            _ => GatewayError::Unauthenticated(error, challenge),
+        }
+    }
+
     /// Counts and logs an answered request: one line at info with route,
     /// status, correlation id and latency (never bodies).
     fn answered(&self, route: &str, started: Instant, response: Response) -> Response {
@@ -222,6 +246,99 @@ enum Submitted {
     },
 }
 
+/// Who is calling, as far as the gateway knows.
+struct Caller {
+    /// The authenticated principal, on routes that authenticate.
+    principal: Option<crate::auth::Principal>,
+    /// This hop's trace context.
+    trace: TraceContext,
+}
+
+/// A rate limit's decision, for the response headers.
+#[derive(Debug, Clone, Copy)]
+pub struct RateInfo {
+    /// What the limit said.
+    pub decision: replyway_shared::store::RateDecision,
+    /// The limit.
+    pub limit: replyway_shared::store::RateLimit,
+}
+
+impl RateInfo {
+    /// `RateLimit` and `RateLimit-Policy` (IETF draft) headers.
+    pub fn add_headers(&self, headers: &mut HeaderMap) {
+        let ceil = |d: std::time::Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
+        let value = format!(
+            "limit={}, remaining={}, reset={}",
+            self.limit.burst,
+            self.decision.remaining,
+            ceil(self.decision.reset)
+        );
+        let policy = format!("{};w={}", self.limit.burst, ceil(self.limit.window));
+        for (name, value) in [("ratelimit", value), ("ratelimit-policy", policy)] {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(HeaderName::from_static(name), v);
+            }
+        }
+    }
+}
+
+/// Authenticates the caller and counts the request against the route's rate
+/// limit (one Redis round trip, only on rate-limited routes).
+async fn admit(
+    state: &AppState,
+    route: &Route,
+    headers: &HeaderMap,
+    peer: Option<std::net::SocketAddr>,
+) -> Result<(Option<crate::auth::Principal>, Option<RateInfo>), GatewayError> {
+    let principal = state
+        .auth
+        .check(route.auth, &route.scopes, headers)
+        .map_err(|e| state.auth_error(e))?;
+    let Some(limit) = &route.rate_limit else {
+        return Ok((principal, None));
+    };
+    let caller = match &principal {
+        Some(p) => format!("principal:{}", p.id),
+        None => format!("address:{}", client_address(state, headers, peer)),
+    };
+    let scope = digest(&[route.name.as_bytes(), caller.as_bytes()]);
+    let decision = state
+        .store
+        .rate_limit(&scope, limit)
+        .await
+        .map_err(GatewayError::Redis)?;
+    let info = RateInfo {
+        decision,
+        limit: *limit,
+    };
+    if decision.allowed {
+        Ok((principal, Some(info)))
+    } else {
+        Err(GatewayError::RateLimited(info))
+    }
+}
+
+/// The client's address: the first address in `client_ip_header` when a
+/// trusted proxy sets it, else the connection's peer.
+fn client_address(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: Option<std::net::SocketAddr>,
+) -> String {
+    state
+        .settings
+        .client_ip_header
+        .as_ref()
+        .and_then(|name| headers.get(name.as_str()))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.len() <= 64)
+        .map(str::to_owned)
+        .or_else(|| peer.map(|p| p.ip().to_string()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// The client's trace context, when it sent a well-formed one.
 fn incoming_trace(headers: &HeaderMap) -> Option<TraceContext> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
@@ -237,12 +354,12 @@ async fn request_reply(
     uri: &Uri,
     headers: &HeaderMap,
     body: Body,
-    trace: TraceContext,
+    caller: Box<Caller>,
 ) -> Result<Response, GatewayError> {
     // Submitting is boxed and freed before the wait: what stays allocated while
     // a request waits (thousands at once) is only the waiting state.
     match Box::pin(submit(
-        state, route, params, method, uri, headers, body, trace,
+        state, route, params, method, uri, headers, body, caller,
     ))
     .await?
     {
@@ -267,8 +384,10 @@ async fn submit(
     uri: &Uri,
     headers: &HeaderMap,
     body: Body,
-    trace: TraceContext,
+    caller: Box<Caller>,
 ) -> Result<Submitted, GatewayError> {
+    let Caller { principal, trace } = *caller;
+    let principal = principal.map(|p| p.id);
     if state.shutdown.is_cancelled() {
         return Err(GatewayError::ShuttingDown);
     }
@@ -289,9 +408,11 @@ async fn submit(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let client_id = match &state.settings.client_id_header {
-        Some(name) => text(name).filter(|v| !v.is_empty()),
-        None => None,
+    // The authenticated principal, else what a trusted proxy says.
+    let client_id = match (&principal, &state.settings.client_id_header) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(name)) => text(name).filter(|v| !v.is_empty()),
+        (None, None) => None,
     };
     let body = read_body(
         body,
@@ -301,12 +422,17 @@ async fn submit(
     )
     .await?;
 
-    let id = new_correlation_id();
+    let id = state
+        .signer
+        .as_ref()
+        .map_or_else(new_correlation_id, |s| s.issue());
     tracing::Span::current().record("correlation_id", id.as_str());
     let wait = prefer.wait.map_or(route.timeout, |w| w.min(route.timeout));
     let idempotency = match idempotency_key(headers)? {
         Some(key) => {
-            let scope = digest(&[route.name.as_bytes(), key.as_bytes()]);
+            // One principal's key never meets another's.
+            let owner = principal.as_deref().unwrap_or_default();
+            let scope = digest(&[route.name.as_bytes(), owner.as_bytes(), key.as_bytes()]);
             let fingerprint = digest(&[method.as_str().as_bytes(), uri.path().as_bytes(), &body]);
             let first = state
                 .store
@@ -344,6 +470,7 @@ async fn submit(
             &route.name,
             unix_millis(created),
             waiter.as_ref().map(|_| state.node_id.as_str()),
+            principal.as_deref(),
         )
         .await
         .map_err(GatewayError::Redis)?;
@@ -535,6 +662,10 @@ async fn lookup_reply(
     if !is_valid_correlation_id(&id) {
         return Err(GatewayError::BadRequest("malformed correlation id".into()));
     }
+    if state.signer.as_ref().is_some_and(|s| !s.verify(&id)) {
+        // Not issued here: unknown, without asking Redis.
+        return Err(GatewayError::UnknownReply(id));
+    }
     let prefer =
         Prefer::from_headers(headers).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
     let wait = prefer
@@ -550,22 +681,48 @@ async fn lookup_reply(
         ),
         None => None,
     };
+    let caller = state
+        .auth
+        .identify(headers)
+        .map_err(|e| state.auth_error(e))?
+        .map(|p| p.id);
     let lookup = state
         .store
         .lookup(&id, waiter.as_ref().map(|_| state.node_id.as_str()))
         .await
         .map_err(GatewayError::Redis)?;
+    // A reply goes only to whoever made the request; to anyone else the id is
+    // unknown (404, not 403, so that ids cannot be probed). Without the
+    // pending record the owner is unknown: served only where no route
+    // authenticates.
+    let owned = |pending: Option<&PendingInfo>| match pending {
+        Some(p) => p.principal.is_none() || p.principal == caller,
+        None => !state
+            .routes
+            .routes()
+            .iter()
+            .any(|r| r.auth != RouteAuth::None),
+    };
+    let lookup = match lookup {
+        Lookup::Reply(_, ref pending) if !owned(pending.as_ref()) => Lookup::Unknown,
+        Lookup::Pending(ref pending) if !owned(Some(pending)) => Lookup::Unknown,
+        other => other,
+    };
     let allowed = |route: Option<&str>| {
         route
             .and_then(|name| state.routes.routes().iter().find(|r| r.name == name))
             .and_then(|r| r.reply_headers.as_ref())
     };
     match lookup {
-        Lookup::Reply(reply, route) => Ok(reply_response(&id, &reply, allowed(route.as_deref()))),
+        Lookup::Reply(reply, pending) => Ok(reply_response(
+            &id,
+            &reply,
+            allowed(pending.as_ref().map(|p| p.route.as_str())),
+        )),
         Lookup::Unknown => Err(GatewayError::UnknownReply(id)),
-        Lookup::Pending(route) => match (waiter.as_mut(), wait) {
+        Lookup::Pending(pending) => match (waiter.as_mut(), wait) {
             (Some(waiter), Some(wait)) => match tokio::time::timeout(wait, waiter.reply()).await {
-                Ok(reply) => Ok(reply_response(&id, &reply, allowed(Some(&route)))),
+                Ok(reply) => Ok(reply_response(&id, &reply, allowed(Some(&pending.route)))),
                 Err(_) => Ok(pending_response(&id)),
             },
             _ => Ok(pending_response(&id)),

@@ -3,12 +3,14 @@
 //! [`run`] serves the HTTP API on a bound listener until a shutdown token is
 //! cancelled; [`router`] builds the axum router alone, for tests.
 
+pub mod auth;
 pub mod config;
 pub mod handlers;
 pub mod metrics;
 pub mod prefer;
 pub mod problem;
 pub mod routes;
+pub mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -17,10 +19,12 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::http::HeaderName;
+use axum::response::IntoResponse as _;
 use axum::routing::get;
 use rdkafka::producer::{FutureProducer, Producer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
 
 use replyway_shared::store::{Keys, Store};
 
@@ -29,6 +33,41 @@ pub use config::Settings;
 use crate::routes::RouteTable;
 use replyway_shared::subscriber::Subscriber;
 use replyway_shared::waiters::Waiters;
+
+/// Serves one connection until it ends (or graceful shutdown ends it).
+async fn serve_connection<I, S>(
+    builder: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    io: I,
+    service: S,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    use hyper_util::rt::TokioIo;
+    use hyper_util::service::TowerToHyperService;
+    let connection = builder.serve_connection_with_upgrades(
+        TokioIo::new(io),
+        TowerToHyperService::new(tower::ServiceExt::map_request(
+            service,
+            |request: hyper::Request<hyper::body::Incoming>| request.map(axum::body::Body::new),
+        )),
+    );
+    if let Err(e) = watcher.watch(connection.into_owned()).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// The address of the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
 
 /// The `correlation-id` response header.
 pub static CORRELATION_ID: HeaderName = HeaderName::from_static("correlation-id");
@@ -57,6 +96,10 @@ pub struct Inner {
     pub metrics: crate::metrics::Metrics,
     /// Every metric, for `/metrics`.
     pub registry: Arc<prometheus_client::registry::Registry>,
+    /// Signs correlation ids, when `correlation_secret` is set.
+    pub signer: Option<replyway_shared::correlation::Signer>,
+    /// Checks credentials.
+    pub auth: crate::auth::Authenticator,
     /// Cancelled when the gateway stops.
     pub shutdown: CancellationToken,
     /// The validated settings.
@@ -93,6 +136,8 @@ impl AppState {
             .producer_config()
             .create()
             .context("creating the Kafka producer")?;
+        let signer = settings.signer()?;
+        let auth = crate::auth::Authenticator::new(&settings.auth)?;
         let waiters = Waiters::new(settings.max_waiting);
         let subscription_live = Arc::new(AtomicBool::new(false));
         let late_replies = Arc::new(AtomicU64::new(0));
@@ -111,6 +156,8 @@ impl AppState {
             late_replies,
             metrics,
             registry: Arc::new(registry),
+            signer,
+            auth,
             shutdown,
             settings,
         })))
@@ -141,7 +188,31 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(handlers::readyz))
         .route("/v1/replies/{id}", get(handlers::get_reply))
         .fallback(handlers::route_request)
+        .layer(axum::middleware::from_fn_with_state(
+            state.settings.max_header_bytes,
+            bound_request_head,
+        ))
         .with_state(state)
+}
+
+/// Answers `431` when the request's headers together exceed `max_header_bytes`
+/// (the HTTP/1 reader bounds its buffer, but a head read at once is not
+/// measured there).
+async fn bound_request_head(
+    axum::extract::State(max): axum::extract::State<usize>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let size: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        + request.uri().to_string().len();
+    if size > max {
+        return axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE.into_response();
+    }
+    next.run(request).await
 }
 
 /// The admin port: `/healthz`, `/readyz` and `/metrics`.
@@ -209,25 +280,38 @@ async fn serve(
     settings: &Settings,
     shutdown: &CancellationToken,
 ) {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
-    use hyper_util::service::TowerToHyperService;
 
+    let tls = match &settings.tls {
+        Some(tls) => match tls::acceptor(tls) {
+            Ok(acceptor) => Some(acceptor),
+            Err(e) => {
+                // Checked at start (validate), so only a file changed since.
+                tracing::error!(error = %e, "TLS set-up failed; not serving");
+                return;
+            }
+        },
+        None => None,
+    };
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout);
-    // HTTP/2 without TLS (prior knowledge): many waiting requests share one
-    // connection and its buffers.
+        .header_read_timeout(settings.header_read_timeout)
+        // Headers beyond this are answered 431.
+        .max_buf_size(settings.max_header_bytes.max(8192));
+    // HTTP/2 (h2c without TLS, or negotiated with ALPN): many waiting requests
+    // share one connection and its buffers.
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(settings.http2_max_streams)
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(20)));
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -240,16 +324,28 @@ async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let connection = builder.serve_connection_with_upgrades(
-            TokioIo::new(stream),
-            TowerToHyperService::new(app.clone()),
-        );
-        let connection = graceful.watch(connection.into_owned());
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+        let service = app
+            .clone()
+            .map_request(move |mut request: axum::extract::Request| {
+                request.extensions_mut().insert(PeerAddr(peer));
+                request
+            });
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        match &tls {
+            None => {
+                tokio::spawn(serve_connection(builder, watcher, stream, service));
             }
-        });
+            Some(acceptor) => {
+                let (acceptor, handshake) = (acceptor.clone(), settings.header_read_timeout);
+                tokio::spawn(async move {
+                    match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(builder, watcher, stream, service).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     tracing::info!(grace = ?settings.shutdown_grace, "shutting down: no new connections; finishing requests in flight");

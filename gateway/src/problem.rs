@@ -52,6 +52,19 @@ pub enum GatewayError {
     /// The gateway is shutting down.
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    /// No or invalid credentials; with the `WWW-Authenticate` challenge.
+    #[error("{0}")]
+    Unauthenticated(crate::auth::AuthError, String),
+    /// Authenticated without a required scope; with the challenge.
+    #[error("{0}")]
+    Forbidden(crate::auth::AuthError, String),
+    /// Over the route's rate limit.
+    #[error("rate limit exceeded; retry in {} s", retry_after_secs(.0))]
+    RateLimited(crate::handlers::RateInfo),
+}
+
+fn retry_after_secs(info: &crate::handlers::RateInfo) -> u64 {
+    info.decision.retry_after.as_secs() + u64::from(info.decision.retry_after.subsec_nanos() > 0)
 }
 
 #[derive(Serialize)]
@@ -116,6 +129,15 @@ impl IntoResponse for GatewayError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "urn:replyway:problem:shutting-down",
             ),
+            Self::Unauthenticated(..) => (
+                StatusCode::UNAUTHORIZED,
+                "urn:replyway:problem:unauthenticated",
+            ),
+            Self::Forbidden(..) => (StatusCode::FORBIDDEN, "urn:replyway:problem:forbidden"),
+            Self::RateLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "urn:replyway:problem:rate-limited",
+            ),
         };
         match &self {
             Self::Redis(e) => tracing::warn!(error = %e, "redis unavailable"),
@@ -161,6 +183,18 @@ impl IntoResponse for GatewayError {
             if let Ok(v) = HeaderValue::from_str(id) {
                 headers.insert(crate::CORRELATION_ID.clone(), v);
             }
+        }
+        if let Self::Unauthenticated(_, challenge) | Self::Forbidden(_, challenge) = &self
+            && let Ok(v) = HeaderValue::from_str(challenge)
+        {
+            headers.insert(header::WWW_AUTHENTICATE, v);
+        }
+        if let Self::RateLimited(info) = &self {
+            info.add_headers(headers);
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(info)),
+            );
         }
         if let Self::MethodNotAllowed(methods) = &self {
             let allow = methods

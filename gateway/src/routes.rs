@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use replyway_shared::settings::{InvalidSetting, is_valid_topic};
 
+use crate::auth::RouteAuth;
+
 /// One route as written in the configuration file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,6 +49,30 @@ pub struct RouteConfig {
     /// with `@SendTo`.
     #[serde(default)]
     pub spring_headers: bool,
+    /// Who may call: `none` (default), `api_key`, `jwt` or `any`.
+    #[serde(default)]
+    pub auth: RouteAuth,
+    /// Scopes the caller must have (with `auth` other than `none`).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Requests allowed per caller (principal, or client address without
+    /// authentication), shared by all replicas; unset: no limit.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// A route's rate limit: `requests` per `per`, with bursts of up to `burst`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained requests per `per`.
+    pub requests: u32,
+    /// The window of `requests`.
+    #[serde(with = "humantime_serde")]
+    pub per: Duration,
+    /// Most requests at once (default `requests`).
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
 
 impl Default for RouteConfig {
@@ -63,6 +89,9 @@ impl Default for RouteConfig {
             forward_headers: Vec::new(),
             reply_headers: None,
             spring_headers: false,
+            auth: RouteAuth::None,
+            scopes: Vec::new(),
+            rate_limit: None,
         }
     }
 }
@@ -109,6 +138,12 @@ pub struct Route {
     pub reply_headers: Option<HashSet<HeaderName>>,
     /// Whether commands also carry Spring's reply headers.
     pub spring_headers: bool,
+    /// Who may call.
+    pub auth: RouteAuth,
+    /// Scopes required.
+    pub scopes: Vec<String>,
+    /// The rate limit, validated.
+    pub rate_limit: Option<replyway_shared::store::RateLimit>,
     pattern: Vec<Segment>,
     key: Vec<KeyPart>,
 }
@@ -200,6 +235,13 @@ impl Route {
                 .map(|l| header_list("reply_headers", l).map(|v| v.into_iter().collect()))
                 .transpose()?,
             spring_headers: c.spring_headers,
+            auth: c.auth,
+            scopes: c.scopes.clone(),
+            rate_limit: c
+                .rate_limit
+                .as_ref()
+                .map(|r| rate_limit(&at("rate_limit"), r))
+                .transpose()?,
             pattern,
             key,
         })
@@ -240,6 +282,31 @@ impl Route {
         }
         key
     }
+}
+
+fn rate_limit(
+    at: &str,
+    c: &RateLimitConfig,
+) -> Result<replyway_shared::store::RateLimit, InvalidSetting> {
+    let burst = c.burst.unwrap_or(c.requests);
+    if c.requests == 0 || burst == 0 {
+        return Err(InvalidSetting::new(
+            at,
+            "requests and burst must be at least 1",
+        ));
+    }
+    let interval = c.per / c.requests;
+    if interval < Duration::from_micros(1000) || c.per > Duration::from_secs(86_400) {
+        return Err(InvalidSetting::new(
+            at,
+            "at most 1000 requests per second, over at most a day",
+        ));
+    }
+    Ok(replyway_shared::store::RateLimit {
+        interval,
+        burst,
+        window: c.per,
+    })
 }
 
 fn parse_key(template: &str, names: &HashSet<String>) -> Result<Vec<KeyPart>, String> {

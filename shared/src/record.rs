@@ -165,6 +165,9 @@ pub enum ReplyError {
     /// The value is larger than the configured bound.
     #[error("value of {0} bytes is over the limit of {1} bytes")]
     TooLarge(usize, usize),
+    /// The correlation id was not issued by this deployment (signed ids only).
+    #[error("correlation id was not issued by a gateway of this deployment")]
+    Unsigned,
 }
 
 impl ReplyError {
@@ -176,6 +179,7 @@ impl ReplyError {
             Self::BadStatus(_) => "bad_status",
             Self::NotUtf8(_) => "not_utf8",
             Self::TooLarge(..) => "too_large",
+            Self::Unsigned => "unsigned_correlation_id",
         }
     }
 }

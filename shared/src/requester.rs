@@ -54,6 +54,9 @@ pub struct RequesterOptions {
     pub max_waiting: usize,
     /// Longest wait for the broker to acknowledge a command.
     pub produce_timeout: Duration,
+    /// The deployment's `correlation_secret`, when collectors accept only
+    /// signed ids.
+    pub correlation_secret: Option<crate::settings::Secret>,
 }
 
 impl RequesterOptions {
@@ -64,6 +67,7 @@ impl RequesterOptions {
             node_id: None,
             max_waiting: 10_000,
             produce_timeout: Duration::from_secs(5),
+            correlation_secret: None,
         }
     }
 }
@@ -122,6 +126,7 @@ pub struct Requester {
 struct Inner {
     node_id: String,
     reply_topic: String,
+    signer: Option<crate::correlation::Signer>,
     produce_timeout: Duration,
     store: Store,
     producer: FutureProducer,
@@ -160,6 +165,13 @@ impl Requester {
                 "not a legal Kafka topic name",
             ));
         }
+        let signer = crate::correlation::Signer::optional(
+            "correlation_secret",
+            options
+                .correlation_secret
+                .as_ref()
+                .map(crate::settings::Secret::expose),
+        )?;
         let node_id = options
             .node_id
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
@@ -191,6 +203,7 @@ impl Requester {
             inner: Arc::new(Inner {
                 node_id,
                 reply_topic: options.reply_topic,
+                signer,
                 produce_timeout: options.produce_timeout,
                 store,
                 producer,
@@ -238,7 +251,8 @@ impl Requester {
 
     /// Sends a request with everything a [`Request`] can carry (content type,
     /// key, `header-*`, trace context, client id). `reply_to` and `deadline` are
-    /// set here; an empty correlation id is replaced by a fresh one.
+    /// set here; an empty correlation id is replaced by a fresh one (signed when
+    /// the options carry the deployment's secret).
     ///
     /// # Errors
     /// As [`Requester::request`].
@@ -253,7 +267,10 @@ impl Requester {
             return Err(RequesterError::Stopped);
         }
         if request.correlation_id.is_empty() {
-            request.correlation_id = new_correlation_id();
+            request.correlation_id = inner
+                .signer
+                .as_ref()
+                .map_or_else(new_correlation_id, |s| s.issue());
         }
         if !is_valid_correlation_id(&request.correlation_id) {
             return Err(RequesterError::InvalidCorrelationId);
@@ -290,7 +307,13 @@ impl Requester {
             .map_err(|_| RequesterError::Overloaded)?;
         inner
             .store
-            .create_pending(&id, topic, unix_millis(created), Some(&inner.node_id))
+            .create_pending(
+                &id,
+                topic,
+                unix_millis(created),
+                Some(&inner.node_id),
+                request.client_id.as_deref(),
+            )
             .await?;
         let key = request
             .key

@@ -62,6 +62,11 @@ impl Keys {
         format!("{}:idem:{{{scope}}}", self.prefix)
     }
 
+    /// The state of a rate limit (`scope` is a digest of route and caller).
+    pub fn rate_limit(&self, scope: &str) -> String {
+        format!("{}:rl:{{{scope}}}", self.prefix)
+    }
+
     /// Prefix of every node's notification channel.
     pub fn channel_prefix(&self) -> String {
         format!("{}:node:", self.prefix)
@@ -93,22 +98,26 @@ return 1
 /// Joins a node to the waiters of a pending request, then reads the reply.
 ///
 /// KEYS: pending, waiters, reply. ARGV: node id.
-/// Returns `{reply or false, route or false}`; the route is there while the
-/// request's pending record lives. The waiters set expires with the pending record.
+/// Returns `{reply or false, route or false, principal or false}`; route and
+/// principal are there while the request's pending record lives. The waiters
+/// set expires with the pending record.
 pub const JOIN_AND_READ_LUA: &str = r"
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl > 0 then
   redis.call('SADD', KEYS[2], ARGV[1])
   redis.call('PEXPIRE', KEYS[2], ttl)
 end
-return {redis.call('GET', KEYS[3]), redis.call('HGET', KEYS[1], 'route')}
+local pending = redis.call('HMGET', KEYS[1], 'route', 'principal')
+return {redis.call('GET', KEYS[3]), pending[1], pending[2]}
 ";
 
 /// Records a request as pending and, with a node id, makes that node its waiter.
 ///
-/// KEYS: pending, waiters. ARGV: route, created (unix ms), TTL in ms, node id or "".
+/// KEYS: pending, waiters. ARGV: route, created (unix ms), TTL in ms, node id
+/// or "", principal or "".
 pub const CREATE_PENDING_LUA: &str = r"
 redis.call('HSET', KEYS[1], 'route', ARGV[1], 'created', ARGV[2])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'principal', ARGV[5]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 if ARGV[4] ~= '' then
   redis.call('SADD', KEYS[2], ARGV[4])
@@ -205,16 +214,68 @@ pub enum StoreError {
     Decode(#[from] DecodeError),
 }
 
+/// What the pending record says of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingInfo {
+    /// The route it was made on.
+    pub route: String,
+    /// Who made it, when the route authenticates.
+    pub principal: Option<String>,
+}
+
 /// What Redis knows of a correlation id.
 #[derive(Debug)]
 pub enum Lookup {
-    /// The reply is stored; with the request's route while its pending record lives.
-    Reply(Reply, Option<String>),
-    /// The request of this route is pending: no reply yet.
-    Pending(String),
+    /// The reply is stored; with the pending record while it lives.
+    Reply(Reply, Option<PendingInfo>),
+    /// The request is pending: no reply yet.
+    Pending(PendingInfo),
     /// Never issued, or expired.
     Unknown,
 }
+
+/// A rate limit (GCRA): one request per `interval`, up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Time per request at the sustained rate.
+    pub interval: Duration,
+    /// Most requests at once.
+    pub burst: u32,
+    /// The configured window (for the `RateLimit-Policy` header).
+    pub window: Duration,
+}
+
+/// A rate limit's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateDecision {
+    /// Whether the request may go on.
+    pub allowed: bool,
+    /// Requests still allowed at once after this one.
+    pub remaining: u32,
+    /// When refused: how long until one is allowed.
+    pub retry_after: Duration,
+    /// How long until the full burst is available again.
+    pub reset: Duration,
+}
+
+/// GCRA rate limit in one step, on Redis's clock (shared by all replicas).
+///
+/// KEYS: the limit's key. ARGV: interval (µs), tolerance = interval × (burst − 1) (µs).
+/// Returns `{allowed 0/1, remaining, retry after µs, reset µs}`.
+pub const RATE_LIMIT_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tau = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+if tat - now > tau then
+  return {0, 0, tat - now - tau, tat - now}
+end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+return {1, math.floor((tau - (new_tat - now) + interval) / interval), 0, new_tat - now}
+";
 
 /// One reply to store.
 #[derive(Debug)]
@@ -237,6 +298,7 @@ pub struct Store {
     join_script: redis::Script,
     claim_script: redis::Script,
     create_script: redis::Script,
+    rate_script: redis::Script,
 }
 
 impl std::fmt::Debug for Store {
@@ -276,6 +338,7 @@ impl Store {
             join_script: redis::Script::new(JOIN_AND_READ_LUA),
             claim_script: redis::Script::new(CLAIM_IDEMPOTENCY_LUA),
             create_script: redis::Script::new(CREATE_PENDING_LUA),
+            rate_script: redis::Script::new(RATE_LIMIT_LUA),
         }
     }
 
@@ -321,6 +384,7 @@ impl Store {
         route: &str,
         created_ms: u64,
         waiter: Option<&str>,
+        principal: Option<&str>,
     ) -> Result<(), StoreError> {
         let mut invocation = self.create_script.key(self.keys.pending(id));
         invocation
@@ -328,7 +392,8 @@ impl Store {
             .arg(route)
             .arg(created_ms)
             .arg(ttl_ms(self.ttl))
-            .arg(waiter.unwrap_or_default());
+            .arg(waiter.unwrap_or_default())
+            .arg(principal.unwrap_or_default());
         self.bounded(async {
             let mut conn = self.connection();
             invocation.invoke_async::<()>(&mut conn).await?;
@@ -360,7 +425,7 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when Redis does not answer or holds a malformed reply.
     pub async fn lookup(&self, id: &str, waiter: Option<&str>) -> Result<Lookup, StoreError> {
-        let (reply, route): (Option<Vec<u8>>, Option<String>) = self
+        let (reply, route, principal): (Option<Vec<u8>>, Option<String>, Option<String>) = self
             .bounded(async {
                 let mut conn = self.connection();
                 if let Some(node) = waiter {
@@ -373,14 +438,16 @@ impl Store {
                 } else {
                     let mut pipe = redis::pipe();
                     pipe.get(self.keys.reply(id))
-                        .hget(self.keys.pending(id), "route");
+                        .hget(self.keys.pending(id), "route")
+                        .hget(self.keys.pending(id), "principal");
                     Ok(pipe.query_async(&mut conn).await?)
                 }
             })
             .await?;
-        Ok(match (reply, route) {
-            (Some(bytes), route) => Lookup::Reply(decode_reply(&bytes)?, route),
-            (None, Some(route)) => Lookup::Pending(route),
+        let pending = route.map(|route| PendingInfo { route, principal });
+        Ok(match (reply, pending) {
+            (Some(bytes), pending) => Lookup::Reply(decode_reply(&bytes)?, pending),
+            (None, Some(pending)) => Lookup::Pending(pending),
             (None, None) => Lookup::Unknown,
         })
     }
@@ -452,6 +519,35 @@ impl Store {
             Some((id, fp)) => (id.to_owned(), fp.to_owned()),
             None => (v, String::new()),
         }))
+    }
+
+    /// Counts a request against rate limit `scope` (one round trip).
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis does not answer.
+    pub async fn rate_limit(
+        &self,
+        scope: &str,
+        limit: &RateLimit,
+    ) -> Result<RateDecision, StoreError> {
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let interval = micros(limit.interval).max(1);
+        let tolerance = interval.saturating_mul(u64::from(limit.burst.saturating_sub(1)));
+        let (allowed, remaining, retry_after, reset): (i64, i64, i64, i64) = self
+            .bounded(async {
+                let mut conn = self.connection();
+                let mut invocation = self.rate_script.key(self.keys.rate_limit(scope));
+                invocation.arg(interval).arg(tolerance);
+                Ok(invocation.invoke_async(&mut conn).await?)
+            })
+            .await?;
+        let duration = |us: i64| Duration::from_micros(u64::try_from(us).unwrap_or(0));
+        Ok(RateDecision {
+            allowed: allowed == 1,
+            remaining: u32::try_from(remaining).unwrap_or(0),
+            retry_after: duration(retry_after),
+            reset: duration(reset),
+        })
     }
 
     /// Releases an idempotency claim whose request was not produced, so that a

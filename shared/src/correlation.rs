@@ -1,0 +1,131 @@
+//! Tamper-proof correlation ids (optional per deployment).
+//!
+//! With a secret configured, gateways (and `Requester`s) issue ids of the form
+//! `<uuid>.<tag>`, where the tag is the first 16 bytes of HMAC-SHA256(secret,
+//! uuid) in hex. The collector then stores only replies whose id carries a
+//! valid tag, so nobody who can write to the reply topic can plant a reply
+//! under an id that no gateway of this deployment issued; and a gateway answers
+//! `404` for an unsigned id without asking Redis.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::settings::InvalidSetting;
+
+/// Shortest secret accepted (bytes).
+pub const MIN_SECRET_LEN: usize = 32;
+/// Bytes of the HMAC kept in the id.
+const TAG_BYTES: usize = 16;
+
+/// Issues and checks signed correlation ids.
+#[derive(Clone)]
+pub struct Signer {
+    mac: Hmac<Sha256>,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Signer(..)")
+    }
+}
+
+impl Signer {
+    /// A signer with `secret`; `setting` names it in errors.
+    ///
+    /// # Errors
+    /// [`InvalidSetting`] when the secret is shorter than [`MIN_SECRET_LEN`].
+    pub fn new(setting: &str, secret: &str) -> Result<Self, InvalidSetting> {
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(InvalidSetting::new(
+                setting,
+                format!("must be at least {MIN_SECRET_LEN} bytes"),
+            ));
+        }
+        let mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
+            .map_err(|e| InvalidSetting::new(setting, e.to_string()))?;
+        Ok(Self { mac })
+    }
+
+    /// A signer when `secret` is set.
+    ///
+    /// # Errors
+    /// As [`Signer::new`].
+    pub fn optional(setting: &str, secret: Option<&str>) -> Result<Option<Self>, InvalidSetting> {
+        secret.map(|s| Self::new(setting, s)).transpose()
+    }
+
+    fn tag(&self, base: &str) -> Hmac<Sha256> {
+        let mut mac = self.mac.clone();
+        mac.update(base.as_bytes());
+        mac
+    }
+
+    /// A fresh signed id.
+    pub fn issue(&self) -> String {
+        let base = uuid::Uuid::new_v4().to_string();
+        let tag = self.tag(&base).finalize().into_bytes();
+        let hex: String = tag[..TAG_BYTES]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{base}.{hex}")
+    }
+
+    /// Whether `id` was issued with this secret (constant-time comparison).
+    pub fn verify(&self, id: &str) -> bool {
+        let Some((base, hex)) = id.rsplit_once('.') else {
+            return false;
+        };
+        if hex.len() != 2 * TAG_BYTES {
+            return false;
+        }
+        let mut tag = [0u8; TAG_BYTES];
+        for (i, byte) in tag.iter_mut().enumerate() {
+            match u8::from_str_radix(hex.get(2 * i..2 * i + 2).unwrap_or("x"), 16) {
+                Ok(b) => *byte = b,
+                Err(_) => return false,
+            }
+        }
+        self.tag(base).verify_truncated_left(&tag).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::is_valid_correlation_id;
+
+    const SECRET: &str = "an example secret of at least 32 bytes";
+
+    #[test]
+    fn issued_ids_verify_and_others_do_not() {
+        let signer = Signer::new("s", SECRET).unwrap();
+        let id = signer.issue();
+        assert!(is_valid_correlation_id(&id), "{id}");
+        assert!(signer.verify(&id));
+        let other = Signer::new("s", "another secret of at least 32 bytes!").unwrap();
+        assert!(!other.verify(&id));
+        let mut forged = id.clone();
+        forged.replace_range(0..1, if id.starts_with('a') { "b" } else { "a" });
+        assert!(!signer.verify(&forged));
+        for bad in [
+            "",
+            "x",
+            &crate::record::new_correlation_id(),
+            &format!("{id}0"),
+            "a.zz",
+        ] {
+            assert!(!signer.verify(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        assert_eq!(
+            Signer::new("correlation_secret", "short")
+                .unwrap_err()
+                .setting,
+            "correlation_secret"
+        );
+    }
+}
