@@ -15,6 +15,7 @@ test: deps
 	cargo build --workspace --bins --locked
 	cargo test --workspace --locked
 	target/debug/replyway-bench --smoke --out target/bench-smoke
+	scripts/schemathesis.sh
 
 bench: deps
 	cargo build --release --workspace --bins --locked

@@ -639,11 +639,15 @@ fn digest(parts: &[&[u8]]) -> String {
 /// `Prefer: wait=N` long-polls.
 pub async fn get_reply(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
     headers: HeaderMap,
 ) -> Response {
     let started = Instant::now();
-    let result = lookup_reply(&state, id, &headers).await;
+    let result = match id {
+        Ok(Path(id)) => lookup_reply(&state, id, &headers).await,
+        // Not valid percent-encoded UTF-8: a malformed id like any other.
+        Err(_) => Err(GatewayError::BadRequest("malformed correlation id".into())),
+    };
     if let Err(e) = &result {
         state.count_error(e);
     }

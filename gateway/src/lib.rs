@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod handlers;
 pub mod metrics;
+pub mod openapi;
 pub mod prefer;
 pub mod problem;
 pub mod routes;
@@ -186,6 +187,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
+        .route("/openapi.json", get(openapi::serve))
         .route("/v1/replies/{id}", get(handlers::get_reply))
         .fallback(handlers::route_request)
         .layer(axum::middleware::from_fn_with_state(

@@ -282,6 +282,34 @@ impl Route {
         }
         key
     }
+
+    /// The path pattern as configured, e.g. `/accounts/{account}/transfers`.
+    pub fn path_pattern(&self) -> String {
+        let mut path = String::new();
+        for segment in &self.pattern {
+            path.push('/');
+            match segment {
+                Segment::Literal(lit) => path.push_str(lit),
+                Segment::Param(name) => {
+                    path.push('{');
+                    path.push_str(name);
+                    path.push('}');
+                }
+            }
+        }
+        path
+    }
+
+    /// The names of the path parameters, in path order.
+    pub fn param_names(&self) -> Vec<&str> {
+        self.pattern
+            .iter()
+            .filter_map(|segment| match segment {
+                Segment::Param(name) => Some(name.as_str()),
+                Segment::Literal(_) => None,
+            })
+            .collect()
+    }
 }
 
 fn rate_limit(

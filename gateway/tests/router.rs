@@ -92,6 +92,28 @@ async fn malformed_reply_id_is_a_400() {
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Not even UTF-8 once decoded: the same problem answer.
+    let (status, ct, body) =
+        call(Request::get("/v1/replies/%FF").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(ct, "application/problem+json");
+    assert_eq!(body["type"], "urn:replyway:problem:bad-request");
+}
+
+#[tokio::test]
+async fn credentials_mean_nothing_where_no_authentication_is_configured() {
+    // No [auth]: an Authorization header meant for someone else is ignored
+    // (the lookup then meets the unreachable Redis: 503, not 401).
+    for value in ["Basic Zm9v", "Bearer some-token"] {
+        let (status, _, _) = call(
+            Request::get("/v1/replies/0b0e7a4c-5f0e-4d59-9d4e-2f4f1d3c9a10")
+                .header("authorization", value)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{value}");
+    }
 }
 
 #[tokio::test]
