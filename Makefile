@@ -16,6 +16,7 @@ test: deps
 	cargo test --workspace --locked
 	target/debug/replyway-bench --smoke --out target/bench-smoke
 	scripts/schemathesis.sh
+	scripts/fuzz.sh --smoke
 
 bench: deps
 	cargo build --release --workspace --bins --locked

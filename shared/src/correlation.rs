@@ -76,7 +76,11 @@ impl Signer {
         let Some((base, hex)) = id.rsplit_once('.') else {
             return false;
         };
-        if hex.len() != 2 * TAG_BYTES {
+        // Exactly the form issued: lower-case hex, so no other spelling of an
+        // issued id (upper case, signs) passes as a second valid id.
+        if hex.len() != 2 * TAG_BYTES
+            || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
             return false;
         }
         let mut tag = [0u8; TAG_BYTES];
@@ -108,6 +112,8 @@ mod tests {
         let mut forged = id.clone();
         forged.replace_range(0..1, if id.starts_with('a') { "b" } else { "a" });
         assert!(!signer.verify(&forged));
+        let (base, tag) = id.rsplit_once('.').unwrap();
+        assert!(!signer.verify(&format!("{base}.{}", tag.to_ascii_uppercase())));
         for bad in [
             "",
             "x",
