@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use replyway_shared::correlation::Signer;
 use replyway_shared::settings::{
     InvalidSetting, KafkaSettings, LogSettings, RedisSettings, Secret, is_valid_topic,
 };
@@ -53,6 +54,14 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// The id checker, when `correlation_secret` is set.
+    ///
+    /// # Errors
+    /// [`InvalidSetting`] when the secret is too short.
+    pub fn signer(&self) -> Result<Option<Signer>, InvalidSetting> {
+        Signer::from_setting(self.correlation_secret.as_ref())
+    }
+
     /// Checks every setting.
     ///
     /// # Errors
@@ -60,10 +69,7 @@ impl Settings {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         self.redis.validate()?;
         self.kafka.validate()?;
-        replyway_shared::correlation::Signer::optional(
-            "correlation_secret",
-            self.correlation_secret.as_ref().map(Secret::expose),
-        )?;
+        self.signer()?;
         if self.topics.is_empty() {
             return Err(InvalidSetting::new(
                 "topics",

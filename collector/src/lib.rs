@@ -151,13 +151,7 @@ impl Collector {
             store,
             batch_max: settings.batch_max,
             max_reply_bytes: settings.max_reply_bytes,
-            signer: replyway_shared::correlation::Signer::optional(
-                "correlation_secret",
-                settings
-                    .correlation_secret
-                    .as_ref()
-                    .map(replyway_shared::settings::Secret::expose),
-            )?,
+            signer: settings.signer()?,
             stats: Arc::default(),
             observed,
             malformed: prometheus_client::metrics::family::Family::default(),
@@ -386,31 +380,17 @@ impl Collector {
         admin_listen: &str,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let stop_admin = CancellationToken::new();
-        let admin = if admin_listen.is_empty() {
-            None
-        } else {
-            let listener = replyway_shared::admin::bind(admin_listen).await?;
-            let (registry, readiness) = self.admin();
-            let router = replyway_shared::admin::router(Arc::new(registry)).route(
-                "/readyz",
-                axum::routing::get(move || {
-                    let readiness = readiness.clone();
-                    async move { readiness.check().await }
-                }),
-            );
-            tracing::info!(admin = %admin_listen, "admin port: /healthz /readyz /metrics");
-            Some(tokio::spawn(replyway_shared::admin::serve(
-                listener,
-                router,
-                stop_admin.clone(),
-            )))
-        };
+        let (registry, readiness) = self.admin();
+        let router = replyway_shared::admin::router(Arc::new(registry)).route(
+            "/readyz",
+            axum::routing::get(move || {
+                let readiness = readiness.clone();
+                async move { readiness.check().await }
+            }),
+        );
+        let admin = replyway_shared::admin::AdminServer::start(admin_listen, router).await?;
         let result = self.run(shutdown).await;
-        stop_admin.cancel();
-        if let Some(admin) = admin {
-            let _ = admin.await;
-        }
+        admin.stop().await;
         result
     }
 }

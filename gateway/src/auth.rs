@@ -157,17 +157,6 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
-fn hex32(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
 fn algorithm(name: &str) -> Option<Algorithm> {
     match name {
         "HS256" => Some(Algorithm::HS256),
@@ -200,9 +189,10 @@ impl Authenticator {
             if !ids.insert(k.id.clone()) {
                 return Err(InvalidSetting::new(at("id"), "is used twice"));
             }
-            let digest = hex32(&k.sha256.to_ascii_lowercase()).ok_or_else(|| {
-                InvalidSetting::new(at("sha256"), "must be 64 hex digits (SHA-256 of the key)")
-            })?;
+            let digest = replyway_shared::hex::decode::<32>(&k.sha256.to_ascii_lowercase())
+                .ok_or_else(|| {
+                    InvalidSetting::new(at("sha256"), "must be 64 hex digits (SHA-256 of the key)")
+                })?;
             api_keys.push((
                 digest,
                 Principal {
@@ -488,10 +478,7 @@ mod tests {
     use axum::http::HeaderValue;
 
     fn sha(key: &str) -> String {
-        sha2::Sha256::digest(key.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        replyway_shared::hex::encode(&sha2::Sha256::digest(key.as_bytes()))
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {

@@ -117,10 +117,7 @@ impl Settings {
     /// # Errors
     /// [`InvalidSetting`] when the secret is too short.
     pub fn signer(&self) -> Result<Option<Signer>, InvalidSetting> {
-        Signer::optional(
-            "correlation_secret",
-            self.correlation_secret.as_ref().map(Secret::expose),
-        )
+        Signer::from_setting(self.correlation_secret.as_ref())
     }
 
     /// How long an idempotency key is remembered.

@@ -628,11 +628,7 @@ fn digest(parts: &[&[u8]]) -> String {
         hasher.update((part.len() as u64).to_be_bytes());
         hasher.update(part);
     }
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    replyway_shared::hex::encode(&hasher.finalize())
 }
 
 /// `GET /v1/replies/{id}`: the reply, `202` while pending, `404` when unknown;

@@ -239,19 +239,11 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let state = AppState::new(settings, shutdown.clone())?;
-    let stop_admin = CancellationToken::new();
-    let admin = match state.settings.admin_listen.as_str() {
-        "" => None,
-        listen => {
-            let listener = replyway_shared::admin::bind(listen).await?;
-            tracing::info!(admin = %listen, "admin port: /healthz /readyz /metrics");
-            Some(tokio::spawn(replyway_shared::admin::serve(
-                listener,
-                admin_router(state.clone()),
-                stop_admin.clone(),
-            )))
-        }
-    };
+    let admin = replyway_shared::admin::AdminServer::start(
+        &state.settings.admin_listen,
+        admin_router(state.clone()),
+    )
+    .await?;
     let subscription = state.subscriber()?;
     let stop_subscription = CancellationToken::new();
     let subscription = tokio::spawn(subscription.run(stop_subscription.clone()));
@@ -268,10 +260,7 @@ pub async fn run(
     let _ = subscription.await;
     let producer = state.producer.clone();
     let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
-    stop_admin.cancel();
-    if let Some(admin) = admin {
-        let _ = admin.await;
-    }
+    admin.stop().await;
     tracing::info!("gateway stopped");
     Ok(())
 }

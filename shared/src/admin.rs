@@ -104,25 +104,48 @@ fn metrics_response(registry: &Registry) -> Response {
         .into_response()
 }
 
-/// Serves `router` on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) {
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-    if let Err(e) = served {
-        tracing::warn!(error = %e, "admin server failed");
-    }
+/// The admin port while it runs (nothing when its address is empty).
+#[derive(Debug)]
+pub struct AdminServer {
+    running: Option<(tokio::task::JoinHandle<()>, CancellationToken)>,
 }
 
-/// Binds the admin address, naming it in the error.
-///
-/// # Errors
-/// When the address cannot be bound.
-pub async fn bind(listen: &str) -> anyhow::Result<TcpListener> {
-    use anyhow::Context;
-    TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding the admin address {listen}"))
+impl AdminServer {
+    /// Serves `router` on `listen`; an empty `listen` serves nothing.
+    ///
+    /// # Errors
+    /// When the address cannot be bound (naming it).
+    pub async fn start(listen: &str, router: Router) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        if listen.is_empty() {
+            return Ok(Self { running: None });
+        }
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding the admin address {listen}"))?;
+        tracing::info!(admin = %listen, "admin port: /healthz /readyz /metrics");
+        let stop = CancellationToken::new();
+        let cancelled = stop.clone();
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { cancelled.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "admin server failed");
+            }
+        });
+        Ok(Self {
+            running: Some((task, stop)),
+        })
+    }
+
+    /// Stops serving and waits until it has.
+    pub async fn stop(self) {
+        if let Some((task, stop)) = self.running {
+            stop.cancel();
+            let _ = task.await;
+        }
+    }
 }
 
 #[cfg(test)]

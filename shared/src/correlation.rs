@@ -10,7 +10,7 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::settings::InvalidSetting;
+use crate::settings::{InvalidSetting, Secret};
 
 /// Shortest secret accepted (bytes).
 pub const MIN_SECRET_LEN: usize = 32;
@@ -46,12 +46,14 @@ impl Signer {
         Ok(Self { mac })
     }
 
-    /// A signer when `secret` is set.
+    /// The signer of a `correlation_secret` setting, when it is set.
     ///
     /// # Errors
-    /// As [`Signer::new`].
-    pub fn optional(setting: &str, secret: Option<&str>) -> Result<Option<Self>, InvalidSetting> {
-        secret.map(|s| Self::new(setting, s)).transpose()
+    /// As [`Signer::new`], naming `correlation_secret`.
+    pub fn from_setting(secret: Option<&Secret>) -> Result<Option<Self>, InvalidSetting> {
+        secret
+            .map(|s| Self::new("correlation_secret", s.expose()))
+            .transpose()
     }
 
     fn tag(&self, base: &str) -> Hmac<Sha256> {
@@ -64,11 +66,7 @@ impl Signer {
     pub fn issue(&self) -> String {
         let base = uuid::Uuid::new_v4().to_string();
         let tag = self.tag(&base).finalize().into_bytes();
-        let hex: String = tag[..TAG_BYTES]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        format!("{base}.{hex}")
+        format!("{base}.{}", crate::hex::encode(&tag[..TAG_BYTES]))
     }
 
     /// Whether `id` was issued with this secret (constant-time comparison).
@@ -78,18 +76,9 @@ impl Signer {
         };
         // Exactly the form issued: lower-case hex, so no other spelling of an
         // issued id (upper case, signs) passes as a second valid id.
-        if hex.len() != 2 * TAG_BYTES
-            || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        {
+        let Some(tag) = crate::hex::decode::<TAG_BYTES>(hex) else {
             return false;
-        }
-        let mut tag = [0u8; TAG_BYTES];
-        for (i, byte) in tag.iter_mut().enumerate() {
-            match u8::from_str_radix(hex.get(2 * i..2 * i + 2).unwrap_or("x"), 16) {
-                Ok(b) => *byte = b,
-                Err(_) => return false,
-            }
-        }
+        };
         self.tag(base).verify_truncated_left(&tag).is_ok()
     }
 }

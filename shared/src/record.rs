@@ -337,6 +337,19 @@ impl Request {
         self.deadline = Some(unix_millis(SystemTime::now() + timeout));
     }
 
+    /// Makes `span` the next hop of the trace this request carries (or of a new
+    /// one) and carries that hop's context from now on; returns it.
+    pub fn continue_trace(&mut self, span: &tracing::Span) -> crate::trace::TraceContext {
+        let parent = self
+            .traceparent
+            .as_deref()
+            .and_then(|t| crate::trace::TraceContext::parse(t, self.tracestate.as_deref()));
+        let trace = crate::trace::continue_trace(span, parent.as_ref());
+        self.traceparent = Some(trace.traceparent());
+        self.tracestate.clone_from(&trace.state);
+        trace
+    }
+
     /// The Kafka headers of this request's record.
     pub fn record_headers(&self) -> OwnedHeaders {
         let mut h = OwnedHeaders::new_with_capacity(8 + self.params.len() + self.headers.len())

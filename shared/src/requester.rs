@@ -39,7 +39,6 @@ use crate::record::{Reply, Request, is_valid_correlation_id, new_correlation_id,
 use crate::settings::{InvalidSetting, KafkaSettings, RedisSettings, is_valid_topic};
 use crate::store::{Keys, Lookup, Store, StoreError};
 use crate::subscriber::Subscriber;
-use crate::trace::{TraceContext, continue_trace};
 use crate::waiters::Waiters;
 use tracing::Instrument;
 
@@ -165,13 +164,7 @@ impl Requester {
                 "not a legal Kafka topic name",
             ));
         }
-        let signer = crate::correlation::Signer::optional(
-            "correlation_secret",
-            options
-                .correlation_secret
-                .as_ref()
-                .map(crate::settings::Secret::expose),
-        )?;
+        let signer = crate::correlation::Signer::from_setting(options.correlation_secret.as_ref())?;
         let node_id = options
             .node_id
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
@@ -277,13 +270,7 @@ impl Requester {
         }
         request.reply_to.clone_from(&inner.reply_topic);
         let span = tracing::info_span!("requester.request", otel.kind = "client", topic = %topic, correlation_id = %request.correlation_id);
-        let parent = request
-            .traceparent
-            .as_deref()
-            .and_then(|t| TraceContext::parse(t, request.tracestate.as_deref()));
-        let trace = continue_trace(&span, parent.as_ref());
-        request.traceparent = Some(trace.traceparent());
-        request.tracestate = trace.state;
+        request.continue_trace(&span);
         self.exchange(topic, request, timeout)
             .instrument(span)
             .await

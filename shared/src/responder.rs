@@ -31,7 +31,6 @@ use crate::backoff::Backoff;
 use crate::consumer::CloseError;
 use crate::record::{Reply, Request};
 use crate::settings::KafkaSettings;
-use crate::trace::{TraceContext, continue_trace};
 use tracing::Instrument;
 
 /// What a handler may fail with; the Responder answers `500` (the message is
@@ -192,14 +191,8 @@ impl Responder {
         // this hop's context, and the reply carries it back.
         let span =
             tracing::info_span!("responder.handle", otel.kind = "consumer", correlation_id = %id);
-        let parent = request
-            .traceparent
-            .as_deref()
-            .and_then(|t| TraceContext::parse(t, request.tracestate.as_deref()));
-        let trace = continue_trace(&span, parent.as_ref());
         let mut request = request;
-        request.traceparent = Some(trace.traceparent());
-        request.tracestate.clone_from(&trace.state);
+        let trace = request.continue_trace(&span);
         let reply = match handler(request).instrument(span).await {
             Ok(reply) => reply,
             Err(e) if e.downcast_ref::<Redeliver>().is_some() => {

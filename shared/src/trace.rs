@@ -24,25 +24,6 @@ pub struct TraceContext {
     pub state: Option<String>,
 }
 
-fn hex<const N: usize>(text: &str) -> Option<[u8; N]> {
-    if text.len() != 2 * N
-        || !text
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
-}
-
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Longest `tracestate` passed on (the W3C limit is 32 members of ≤ 256 chars).
 pub const MAX_TRACESTATE: usize = 512;
 
@@ -52,13 +33,13 @@ impl TraceContext {
     /// starts a new trace, as the W3C recommendation says.
     pub fn parse(traceparent: &str, tracestate: Option<&str>) -> Option<Self> {
         let mut parts = traceparent.trim().split('-');
-        let version = hex::<1>(parts.next()?)?;
+        let version = crate::hex::decode::<1>(parts.next()?)?;
         if version[0] == 0xff {
             return None;
         }
-        let trace_id = hex::<16>(parts.next()?)?;
-        let span_id = hex::<8>(parts.next()?)?;
-        let flags = hex::<1>(parts.next()?)?[0];
+        let trace_id = crate::hex::decode::<16>(parts.next()?)?;
+        let span_id = crate::hex::decode::<8>(parts.next()?)?;
+        let flags = crate::hex::decode::<1>(parts.next()?)?[0];
         if version[0] == 0 && parts.next().is_some() {
             return None;
         }
@@ -81,15 +62,15 @@ impl TraceContext {
     pub fn traceparent(&self) -> String {
         format!(
             "00-{}-{}-{:02x}",
-            to_hex(&self.trace_id),
-            to_hex(&self.span_id),
+            crate::hex::encode(&self.trace_id),
+            crate::hex::encode(&self.span_id),
             self.flags
         )
     }
 
     /// The trace id as 32 lower-case hex digits.
     pub fn trace_id_hex(&self) -> String {
-        to_hex(&self.trace_id)
+        crate::hex::encode(&self.trace_id)
     }
 
     /// Adds `traceparent` (and `tracestate`) to a record's headers.

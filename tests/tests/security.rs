@@ -116,10 +116,7 @@ const ISSUER: &str = "https://issuer.test";
 const AUDIENCE: &str = "replyway-test";
 
 fn sha256_hex(text: &str) -> String {
-    sha2::Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    replyway_shared::hex::encode(&sha2::Sha256::digest(text.as_bytes()))
 }
 
 /// A key pair made with the `openssl` tool: (private PEM, public PEM).
