@@ -434,16 +434,21 @@ async fn submit(
             let owner = principal.as_deref().unwrap_or_default();
             let scope = digest(&[route.name.as_bytes(), owner.as_bytes(), key.as_bytes()]);
             let fingerprint = digest(&[method.as_str().as_bytes(), uri.path().as_bytes(), &body]);
-            let first = state
-                .store
-                .claim_idempotency(&scope, &id, &fingerprint, state.settings.idempotency_ttl())
-                .await
-                .map_err(GatewayError::Redis)?;
+            // Boxed, as are the other steps of requests with an idempotency
+            // key: the common path's future stays smaller.
+            let first = Box::pin(state.store.claim_idempotency(
+                &scope,
+                &id,
+                &fingerprint,
+                state.settings.idempotency_ttl(),
+            ))
+            .await
+            .map_err(GatewayError::Redis)?;
             if let Some((first_id, first_fingerprint)) = first {
                 if first_fingerprint != fingerprint {
                     return Err(GatewayError::IdempotencyMismatch);
                 }
-                return follow(state, route, first_id, prefer.respond_async, wait)
+                return Box::pin(follow(state, route, first_id, prefer.respond_async, wait))
                     .await
                     .map(Submitted::Answered);
             }

@@ -190,31 +190,21 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::serve))
         .route("/v1/replies/{id}", get(handlers::get_reply))
         .fallback(handlers::route_request)
-        .layer(axum::middleware::from_fn_with_state(
-            state.settings.max_header_bytes,
-            bound_request_head,
-        ))
         .with_state(state)
 }
 
-/// Answers `431` when the request's headers together exceed `max_header_bytes`
-/// (the HTTP/1 reader bounds its buffer, but a head read at once is not
-/// measured there).
-async fn bound_request_head(
-    axum::extract::State(max): axum::extract::State<usize>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
+/// `431` when the request's headers together exceed `max_header_bytes` (the
+/// HTTP/1 reader bounds its buffer, but a head read at once is not measured
+/// there). Checked in the connection's service, ahead of the router, so that a
+/// request costs no boxed middleware future while it waits.
+fn head_too_large(request: &axum::extract::Request, max: usize) -> bool {
     let size: usize = request
         .headers()
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum::<usize>()
         + request.uri().to_string().len();
-    if size > max {
-        return axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE.into_response();
-    }
-    next.run(request).await
+    size > max
 }
 
 /// The admin port: `/healthz`, `/readyz` and `/metrics`.
@@ -315,12 +305,16 @@ async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = app
-            .clone()
-            .map_request(move |mut request: axum::extract::Request| {
-                request.extensions_mut().insert(PeerAddr(peer));
-                request
-            });
+        let (app, max_head) = (app.clone(), settings.max_header_bytes);
+        let service = tower::service_fn(move |mut request: axum::extract::Request| {
+            if head_too_large(&request, max_head) {
+                let response =
+                    axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE.into_response();
+                return futures::future::Either::Left(std::future::ready(Ok(response)));
+            }
+            request.extensions_mut().insert(PeerAddr(peer));
+            futures::future::Either::Right(app.clone().oneshot(request))
+        });
         let (builder, watcher) = (builder.clone(), graceful.watcher());
         match &tls {
             None => {

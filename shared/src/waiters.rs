@@ -6,13 +6,27 @@
 //! answered, timed out or disconnected alike.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::record::Reply;
 
-type Slot = (watch::Sender<Option<Arc<Reply>>>, usize);
+/// The requests of this node waiting for one id. Kept small: a node holds one
+/// per waiting request (a `watch` channel costs about four times as much).
+#[derive(Debug)]
+struct Slot {
+    shared: Arc<Shared>,
+    /// Waiters of this id.
+    count: usize,
+}
+
+/// What the waiters of one id share: the reply, once delivered.
+#[derive(Debug, Default)]
+struct Shared {
+    reply: OnceLock<Arc<Reply>>,
+    delivered: Notify,
+}
 
 /// The bounded map of waiting requests.
 #[derive(Debug)]
@@ -23,7 +37,8 @@ pub struct Waiters {
 
 #[derive(Debug, Default)]
 struct Inner {
-    slots: HashMap<String, Slot>,
+    /// The id is shared with the waiters (one allocation per id).
+    slots: HashMap<Arc<str>, Slot>,
     total: usize,
 }
 
@@ -59,30 +74,43 @@ impl Waiters {
             return Err(Full);
         }
         inner.total += 1;
-        let rx = match inner.slots.get_mut(id) {
-            Some((tx, count)) => {
-                *count += 1;
-                tx.subscribe()
+        let existing = inner
+            .slots
+            .get_key_value(id)
+            .map(|(id, slot)| (Arc::clone(id), Arc::clone(&slot.shared)));
+        let (id, shared) = match existing {
+            Some((id, shared)) => {
+                if let Some(slot) = inner.slots.get_mut(&*id) {
+                    slot.count += 1;
+                }
+                (id, shared)
             }
             None => {
-                let (tx, rx) = watch::channel(None);
-                inner.slots.insert(id.to_owned(), (tx, 1));
-                rx
+                let (id, shared) = (Arc::<str>::from(id), Arc::<Shared>::default());
+                let slot = Slot {
+                    shared: Arc::clone(&shared),
+                    count: 1,
+                };
+                inner.slots.insert(Arc::clone(&id), slot);
+                (id, shared)
             }
         };
         Ok(Waiter {
             waiters: Arc::clone(self),
-            id: id.to_owned(),
-            rx,
+            id,
+            shared,
         })
     }
 
     /// Hands a reply to the requests waiting for `id`; returns whether any waits.
+    /// The first reply delivered for an id is the one its waiters get (as in
+    /// Redis, where the first reply stored wins).
     pub fn deliver(&self, id: &str, reply: Arc<Reply>) -> bool {
         let inner = self.lock();
         match inner.slots.get(id) {
-            Some((tx, _)) => {
-                tx.send_replace(Some(reply));
+            Some(slot) => {
+                let _ = slot.shared.reply.set(reply);
+                slot.shared.delivered.notify_waiters();
                 true
             }
             None => false,
@@ -91,7 +119,7 @@ impl Waiters {
 
     /// The ids that requests wait for (to re-read after a lost subscription).
     pub fn ids(&self) -> Vec<String> {
-        self.lock().slots.keys().cloned().collect()
+        self.lock().slots.keys().map(|id| id.to_string()).collect()
     }
 
     /// How many requests wait.
@@ -109,21 +137,22 @@ impl Waiters {
 #[derive(Debug)]
 pub struct Waiter {
     waiters: Arc<Waiters>,
-    id: String,
-    rx: watch::Receiver<Option<Arc<Reply>>>,
+    id: Arc<str>,
+    shared: Arc<Shared>,
 }
 
 impl Waiter {
     /// Waits until the reply is delivered.
     pub async fn reply(&mut self) -> Arc<Reply> {
         loop {
-            if let Some(reply) = self.rx.borrow_and_update().clone() {
-                return reply;
+            let delivered = self.shared.delivered.notified();
+            let mut delivered = std::pin::pin!(delivered);
+            // Listening before looking: a delivery in between is not missed.
+            delivered.as_mut().enable();
+            if let Some(reply) = self.shared.reply.get() {
+                return Arc::clone(reply);
             }
-            if self.rx.changed().await.is_err() {
-                // The sender lives in the map while this waiter exists.
-                std::future::pending::<()>().await;
-            }
+            delivered.await;
         }
     }
 }
@@ -132,9 +161,9 @@ impl Drop for Waiter {
     fn drop(&mut self) {
         let mut inner = self.waiters.lock();
         inner.total -= 1;
-        if let Some((_, count)) = inner.slots.get_mut(&self.id) {
-            *count -= 1;
-            if *count == 0 {
+        if let Some(slot) = inner.slots.get_mut(&*self.id) {
+            slot.count -= 1;
+            if slot.count == 0 {
                 inner.slots.remove(&self.id);
             }
         }
@@ -156,6 +185,25 @@ mod tests {
         assert_eq!(a.reply().await.status, 201);
         assert_eq!(b.reply().await.status, 201);
         assert!(!waiters.deliver("unknown", Arc::new(Reply::new(200))));
+        // A waiter registered after the delivery gets the same reply.
+        let mut late = waiters.register("x").unwrap();
+        assert_eq!(late.reply().await.status, 201);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_wakes_when_its_reply_arrives() {
+        let waiters = Waiters::new(10);
+        let mut waiter = waiters.register("x").unwrap();
+        let waiting = tokio::spawn(async move { waiter.reply().await.status });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        assert!(waiters.deliver("x", Arc::new(Reply::new(202))));
+        let status = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(status, 202);
+        assert!(waiters.is_empty());
     }
 
     #[test]

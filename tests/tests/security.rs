@@ -698,6 +698,25 @@ async fn the_gateway_serves_tls_and_bounds_headers() -> TestResult {
         .send()
         .await?;
     assert_eq!(r.status(), 431);
+
+    // Below hyper's own 8 KiB read buffer, the gateway measures the head itself.
+    let mut settings = stack.gateway_settings.clone();
+    settings.admin_listen = String::new();
+    settings.max_header_bytes = 4096;
+    let (small, stop) = gateway(settings).await?;
+    let send = |size: usize| {
+        stack
+            .http
+            .post(format!("{small}/echo"))
+            .header("x-pad", "p".repeat(size))
+            .body("small head")
+            .send()
+    };
+    assert_eq!(send(6 * 1024).await?.status(), 431);
+    let r = send(3 * 1024).await?;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await?, "small head");
+    stop.cancel();
     stack.shutdown().await
 }
 
