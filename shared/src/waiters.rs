@@ -206,6 +206,39 @@ mod tests {
         assert!(waiters.is_empty());
     }
 
+    /// Deliveries racing with waiters that are just starting to wait, on
+    /// several threads: every waiter gets its reply.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn no_reply_is_missed_when_delivery_races_the_wait() {
+        let waiters = Waiters::new(100_000);
+        for round in 0..20u16 {
+            let tasks: Vec<_> = (0..1000u16)
+                .map(|i| {
+                    let id = format!("{round}-{i}");
+                    let mut waiter = waiters.register(&id).unwrap();
+                    let (waiters, status) = (Arc::clone(&waiters), 200 + i % 300);
+                    let deliver = tokio::spawn(async move {
+                        for _ in 0..(i % 3) {
+                            tokio::task::yield_now().await;
+                        }
+                        assert!(waiters.deliver(&id, Arc::new(Reply::new(status))));
+                    });
+                    let wait = tokio::spawn(async move { waiter.reply().await.status });
+                    (deliver, wait, status)
+                })
+                .collect();
+            for (deliver, wait, status) in tasks {
+                deliver.await.unwrap();
+                let got = tokio::time::timeout(std::time::Duration::from_secs(10), wait)
+                    .await
+                    .expect("a waiter missed its reply")
+                    .unwrap();
+                assert_eq!(got, status);
+            }
+        }
+        assert!(waiters.is_empty());
+    }
+
     #[test]
     fn bound_is_enforced_and_released_on_drop() {
         let waiters = Waiters::new(2);
