@@ -160,6 +160,54 @@ struct Bench {
     log: String,
 }
 
+/// Where records keyed by, or carrying the `correlation-id` header, `id` are
+/// in `topic` (read from the start of every partition to its end).
+fn find_records(kafka: &KafkaSettings, topic: &str, id: &str) -> anyhow::Result<Vec<String>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = kafka
+        .consumer_config(&format!("bench-diagnosis-{}", free_port()))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let timeout = Duration::from_secs(5);
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut found = Vec::new();
+    for partition in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(topic, partition, Offset::Offset(low))?;
+        consumer.assign(&assignment)?;
+        let (mut next, deadline) = (low, Instant::now() + Duration::from_secs(30));
+        while next < high {
+            ensure!(
+                Instant::now() < deadline,
+                "{topic}/{partition}: stuck at offset {next} of {high}"
+            );
+            let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let message = message?;
+            next = message.offset() + 1;
+            let by_key = message.key() == Some(id.as_bytes());
+            let by_header = message.headers().is_some_and(|headers| {
+                headers
+                    .iter()
+                    .any(|h| h.key == "correlation-id" && h.value == Some(id.as_bytes()))
+            });
+            if by_key || by_header {
+                found.push(format!("partition {partition} offset {}", message.offset()));
+            }
+        }
+    }
+    Ok(found)
+}
+
 fn body_for(run: &str, i: usize, size: usize) -> String {
     let mut body = format!("{{\"run\":\"{run}\",\"i\":{i},\"pad\":\"");
     while body.len() + 2 < size {
@@ -409,13 +457,22 @@ impl Bench {
         let stack = self.start_replyway(&run, gateways, 10_000, 1000).await?;
         let call = |i: usize, body: String| {
             let (http, url) = (stack.http.clone(), stack.urls[i % stack.urls.len()].clone());
+            let run = run.as_str();
             async move {
                 let response = http.post(url).body(body.clone()).send().await?;
-                ensure!(
-                    response.status() == 200,
-                    "replyway: status {}",
-                    response.status()
-                );
+                if response.status() != 200 {
+                    let status = response.status();
+                    let id = response
+                        .headers()
+                        .get("correlation-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    anyhow::bail!(
+                        "replyway: status {status} for request {i} (correlation id {id}); {}",
+                        self.where_is(run, &id).await
+                    );
+                }
                 let text = response.bytes().await?;
                 ensure!(
                     text == body.as_bytes(),
@@ -477,8 +534,48 @@ impl Bench {
         })
     }
 
-    /// Holds `n` requests waiting at one gateway and reads its RSS before and
-    /// while they wait. Returns (KiB before, KiB while waiting).
+    /// What Redis holds of a request that got no reply: tells a reply lost on
+    /// its way through Kafka from one that reached Redis but not its waiter.
+    async fn where_is(&self, run: &str, id: &str) -> String {
+        let keys = replyway_shared::store::Keys::new(run);
+        let look = async {
+            let mut conn = self.redis.connection().await?;
+            let reply: bool = redis::cmd("EXISTS")
+                .arg(keys.reply(id))
+                .query_async(&mut conn)
+                .await?;
+            let pending: bool = redis::cmd("EXISTS")
+                .arg(keys.pending(id))
+                .query_async(&mut conn)
+                .await?;
+            anyhow::Ok((reply, pending))
+        };
+        let redis = match look.await {
+            Ok((true, _)) => {
+                "its reply is in Redis: it reached Redis but not the waiting request".into()
+            }
+            Ok((false, true)) => "pending in Redis, no reply".into(),
+            Ok((false, false)) => "neither pending nor replied in Redis".into(),
+            Err(e) => format!("Redis could not be read: {e:#}"),
+        };
+        let mut found = vec![redis];
+        for (what, topic) in [
+            ("command", format!("{run}.requests")),
+            ("reply", format!("{run}.replies")),
+        ] {
+            let (kafka, id, topic2) = (self.kafka(), id.to_owned(), topic.clone());
+            let records =
+                tokio::task::spawn_blocking(move || find_records(&kafka, &topic2, &id)).await;
+            found.push(match records {
+                Ok(Ok(at)) if at.is_empty() => format!("no {what} in {topic}"),
+                Ok(Ok(at)) => format!("{what} in {topic} at {}", at.join(", ")),
+                Ok(Err(e)) => format!("{topic} could not be read: {e:#}"),
+                Err(e) => format!("{topic} could not be read: {e}"),
+            });
+        }
+        found.join("; ")
+    }
+
     /// Holds `n` requests waiting at one gateway: over HTTP/1.1, one connection
     /// each; over HTTP/2 (h2c), 10 connections of `n / 10` requests each.
     async fn waiting_memory(&self, n: usize, http2: bool) -> anyhow::Result<Waiting> {
