@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use replyway_collector::Settings;
-use replyway_shared::{settings, shutdown, telemetry};
+use replyway_shared::{service, settings};
 
 /// Replyway collector: one consumer group over the reply topics; writes every
 /// reply into Redis and notifies the gateway node that waits for it.
@@ -25,28 +25,12 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Args = settings::parse_args(&Settings::default());
-    let settings: Settings = match settings::load(&Settings::default(), args.config.as_deref()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("invalid configuration: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let telemetry = telemetry::init(&settings.log);
-    if let Err(e) = settings.validate() {
-        tracing::error!("invalid configuration: {e}");
-        telemetry.shutdown();
-        return ExitCode::from(2);
-    }
-    let code = match replyway_collector::run(&settings, shutdown::on_signals()).await {
-        Ok(()) => 0,
-        Err(e) => {
-            tracing::error!("collector failed: {e:#}");
-            1
-        }
-    };
-    // Exit now: a consumer that could not leave its group (broker gone) may
-    // still hold a blocking thread, which the runtime would wait for.
-    telemetry.shutdown();
-    std::process::exit(code)
+    let (settings, telemetry) = service::start::<Settings>(args.config.as_deref(), |_| {});
+    service::serve(
+        "collector",
+        settings,
+        telemetry,
+        |settings, stop| async move { replyway_collector::run(&settings, stop).await },
+    )
+    .await
 }

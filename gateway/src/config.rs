@@ -111,6 +111,15 @@ impl Default for Settings {
     }
 }
 
+impl replyway_shared::service::ServiceSettings for Settings {
+    fn log(&self) -> &LogSettings {
+        &self.log
+    }
+    fn check(&self) -> Result<(), InvalidSetting> {
+        self.validate().map(|_| ())
+    }
+}
+
 impl Settings {
     /// The id signer, when `correlation_secret` is set.
     ///

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use replyway_gateway::Settings;
-use replyway_shared::{settings, shutdown, telemetry};
+use replyway_shared::{service, settings};
 
 /// Replyway gateway: turns HTTP requests into Kafka commands and answers them
 /// with the replies, through Redis.
@@ -29,36 +29,21 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Args = settings::parse_args(&Settings::default());
-    let mut settings = match settings::load(&Settings::default(), args.config.as_deref()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("invalid configuration: {e}");
-            return ExitCode::from(2);
+    let (settings, telemetry) = service::start::<Settings>(args.config.as_deref(), |settings| {
+        if let Some(listen) = args.listen {
+            settings.listen = listen;
         }
-    };
-    if let Some(listen) = args.listen {
-        settings.listen = listen;
-    }
-    let telemetry = telemetry::init(&settings.log);
-    if let Err(e) = settings.validate() {
-        tracing::error!("invalid configuration: {e}");
-        telemetry.shutdown();
-        return ExitCode::from(2);
-    }
-    let served = serve(settings).await;
-    telemetry.shutdown();
-    match served {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("gateway failed: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(&settings.listen)
-        .await
-        .with_context(|| format!("binding {}", settings.listen))?;
-    replyway_gateway::run(settings, listener, shutdown::on_signals()).await
+    });
+    service::serve(
+        "gateway",
+        settings,
+        telemetry,
+        |settings, stop| async move {
+            let listener = tokio::net::TcpListener::bind(&settings.listen)
+                .await
+                .with_context(|| format!("binding {}", settings.listen))?;
+            replyway_gateway::run(settings, listener, stop).await
+        },
+    )
+    .await
 }

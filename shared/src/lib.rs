@@ -31,6 +31,7 @@ pub mod hex;
 pub mod record;
 pub mod requester;
 pub mod responder;
+pub mod service;
 pub mod settings;
 pub mod shutdown;
 pub mod store;

@@ -32,6 +32,12 @@ pub struct Settings {
     pub log: LogSettings,
 }
 
+impl replyway_shared::service::ServiceSettings for Settings {
+    fn log(&self) -> &LogSettings {
+        &self.log
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {

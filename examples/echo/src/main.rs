@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use replyway_echo::Settings;
-use replyway_shared::{settings, shutdown, telemetry};
+use replyway_shared::{service, settings};
 
 /// Replyway echo demo service: replies with the request body; a JSON body with
 /// "status": N replies with that status, with "sleep_ms": N waits first.
@@ -24,23 +24,12 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Args = settings::parse_args(&Settings::default());
-    let settings: Settings = match settings::load(&Settings::default(), args.config.as_deref()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("invalid configuration: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let telemetry = telemetry::init(&settings.log);
-    let code = match replyway_echo::run(&settings, shutdown::on_signals()).await {
-        Ok(()) => 0,
-        Err(e) => {
-            tracing::error!("echo service failed: {e:#}");
-            1
-        }
-    };
-    // Exit now: a consumer that could not leave its group (broker gone) may
-    // still hold a blocking thread, which the runtime would wait for.
-    telemetry.shutdown();
-    std::process::exit(code)
+    let (settings, telemetry) = service::start::<Settings>(args.config.as_deref(), |_| {});
+    service::serve(
+        "echo service",
+        settings,
+        telemetry,
+        |settings, stop| async move { replyway_echo::run(&settings, stop).await },
+    )
+    .await
 }

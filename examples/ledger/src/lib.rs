@@ -81,6 +81,15 @@ impl Default for Settings {
     }
 }
 
+impl replyway_shared::service::ServiceSettings for Settings {
+    fn log(&self) -> &LogSettings {
+        &self.log
+    }
+    fn check(&self) -> Result<(), InvalidSetting> {
+        self.validate()
+    }
+}
+
 impl Settings {
     /// Checks the bounds.
     ///

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use replyway_ledger::Settings;
-use replyway_shared::{settings, shutdown, telemetry};
+use replyway_shared::{service, settings};
 
 /// Replyway ledger demo service: moves money between accounts kept in Redis
 /// (POST /ledger/transfers), answers balances (GET /ledger/accounts/{account})
@@ -25,27 +25,12 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Args = settings::parse_args(&Settings::default());
-    let settings: Settings = match settings::load(&Settings::default(), args.config.as_deref()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("invalid configuration: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if let Err(e) = settings.validate() {
-        eprintln!("invalid configuration: {e}");
-        return ExitCode::from(2);
-    }
-    let telemetry = telemetry::init(&settings.log);
-    let code = match replyway_ledger::run(&settings, shutdown::on_signals()).await {
-        Ok(()) => 0,
-        Err(e) => {
-            tracing::error!("ledger service failed: {e:#}");
-            1
-        }
-    };
-    telemetry.shutdown();
-    // Exit now: a consumer that could not leave its group (broker gone) may
-    // still hold a blocking thread, which the runtime would wait for.
-    std::process::exit(code)
+    let (settings, telemetry) = service::start::<Settings>(args.config.as_deref(), |_| {});
+    service::serve(
+        "ledger service",
+        settings,
+        telemetry,
+        |settings, stop| async move { replyway_ledger::run(&settings, stop).await },
+    )
+    .await
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use replyway_risk_scoring::Settings;
-use replyway_shared::{settings, shutdown, telemetry};
+use replyway_shared::{service, settings};
 
 /// KYC demo service: answers {"customer": "<id>"} with the customer's score.
 ///
@@ -23,21 +23,12 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Args = settings::parse_args(&Settings::default());
-    let settings: Settings = match settings::load(&Settings::default(), args.config.as_deref()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("invalid configuration: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let telemetry = telemetry::init(&settings.log);
-    let code = match replyway_risk_scoring::serve_kyc(&settings, shutdown::on_signals()).await {
-        Ok(()) => 0,
-        Err(e) => {
-            tracing::error!("kyc service failed: {e:#}");
-            1
-        }
-    };
-    telemetry.shutdown();
-    std::process::exit(code)
+    let (settings, telemetry) = service::start::<Settings>(args.config.as_deref(), |_| {});
+    service::serve(
+        "kyc service",
+        settings,
+        telemetry,
+        |settings, stop| async move { replyway_risk_scoring::serve_kyc(&settings, stop).await },
+    )
+    .await
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use replyway_risk_scoring::Settings;
-use replyway_shared::{settings, telemetry};
+use replyway_shared::{service, settings};
 
 /// Risk-scoring demo instance: asks the KYC service for the scores of
 /// `customers` customers of its own and checks that every answer is about the
@@ -26,14 +26,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Args = settings::parse_args(&Settings::default());
-    let settings: Settings = match settings::load(&Settings::default(), args.config.as_deref()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("invalid configuration: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let telemetry = telemetry::init(&settings.log);
+    let (settings, telemetry) = service::start::<Settings>(args.config.as_deref(), |_| {});
     let outcome = replyway_risk_scoring::score_customers(&settings).await;
     telemetry.shutdown();
     match outcome {
