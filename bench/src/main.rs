@@ -161,51 +161,21 @@ struct Bench {
 }
 
 /// Where records keyed by, or carrying the `correlation-id` header, `id` are
-/// in `topic` (read from the start of every partition to its end).
+/// in `topic`.
 fn find_records(kafka: &KafkaSettings, topic: &str, id: &str) -> anyhow::Result<Vec<String>> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Headers, Message};
-    use rdkafka::{Offset, TopicPartitionList};
-    let consumer: BaseConsumer = kafka
-        .consumer_config(&format!("bench-diagnosis-{}", free_port()))
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let timeout = Duration::from_secs(5);
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
+    Ok(replyway_tests::read_topic_to_end(kafka, topic)?
         .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    let mut found = Vec::new();
-    for partition in partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
-        let mut assignment = TopicPartitionList::new();
-        assignment.add_partition_offset(topic, partition, Offset::Offset(low))?;
-        consumer.assign(&assignment)?;
-        let (mut next, deadline) = (low, Instant::now() + Duration::from_secs(30));
-        while next < high {
-            ensure!(
-                Instant::now() < deadline,
-                "{topic}/{partition}: stuck at offset {next} of {high}"
-            );
-            let Some(message) = consumer.poll(Duration::from_millis(100)) else {
-                continue;
-            };
-            let message = message?;
-            next = message.offset() + 1;
-            let by_key = message.key() == Some(id.as_bytes());
-            let by_header = message.headers().is_some_and(|headers| {
-                headers
-                    .iter()
-                    .any(|h| h.key == "correlation-id" && h.value == Some(id.as_bytes()))
-            });
-            if by_key || by_header {
-                found.push(format!("partition {partition} offset {}", message.offset()));
-            }
-        }
-    }
-    Ok(found)
+        .filter(|message| {
+            message.key() == Some(id.as_bytes())
+                || message.headers().is_some_and(|headers| {
+                    headers
+                        .iter()
+                        .any(|h| h.key == "correlation-id" && h.value == Some(id.as_bytes()))
+                })
+        })
+        .map(|m| format!("partition {} offset {}", m.partition(), m.offset()))
+        .collect())
 }
 
 fn body_for(run: &str, i: usize, size: usize) -> String {
@@ -540,12 +510,9 @@ impl Bench {
         let keys = replyway_shared::store::Keys::new(run);
         let look = async {
             let mut conn = self.redis.connection().await?;
-            let reply: bool = redis::cmd("EXISTS")
-                .arg(keys.reply(id))
-                .query_async(&mut conn)
-                .await?;
-            let pending: bool = redis::cmd("EXISTS")
-                .arg(keys.pending(id))
+            let (reply, pending): (bool, bool) = redis::pipe()
+                .exists(keys.reply(id))
+                .exists(keys.pending(id))
                 .query_async(&mut conn)
                 .await?;
             anyhow::Ok((reply, pending))

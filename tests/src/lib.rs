@@ -946,6 +946,61 @@ impl Stack {
     }
 }
 
+/// Every record of `topic`, read with assigned partitions (no consumer group)
+/// from the start of each partition to its end. The end is the high watermark,
+/// asked again when the read reaches it and whenever a poll comes back empty,
+/// so a watermark that lagged when reading began does not cut the read short.
+///
+/// # Errors
+/// When the broker cannot be asked, or a partition stops short of its end
+/// for 60 s.
+pub fn read_topic_to_end(
+    kafka: &KafkaSettings,
+    topic: &str,
+) -> anyhow::Result<Vec<rdkafka::message::OwnedMessage>> {
+    use rdkafka::message::Message;
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = kafka
+        .consumer_config(&format!("replyway-tests-reader-{}", free_port()))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let timeout = Duration::from_secs(5);
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut records = Vec::new();
+    for partition in partitions {
+        let (low, mut high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(topic, partition, Offset::Offset(low))?;
+        consumer.assign(&assignment)?;
+        let (mut next, deadline) = (low, Instant::now() + Duration::from_secs(60));
+        loop {
+            if next >= high {
+                high = high.max(consumer.fetch_watermarks(topic, partition, timeout)?.1);
+                if next >= high {
+                    break;
+                }
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "reading {topic}/{partition} got stuck at offset {next} of {high}"
+            );
+            let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+                high = high.max(consumer.fetch_watermarks(topic, partition, timeout)?.1);
+                continue;
+            };
+            let message = message?;
+            next = message.offset() + 1;
+            records.push(message.detach());
+        }
+    }
+    Ok(records)
+}
+
 /// Polls `check` until it holds or `within` passes.
 pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
 where

@@ -12,17 +12,16 @@
 //!
 //! Exits non-zero when a record is missing (from the log or from the consumer).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use clap::Parser;
 use futures::StreamExt;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 
 use replyway_shared::settings::KafkaSettings;
 use replyway_tests::Broker;
@@ -195,37 +194,13 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every record of `topic`, read from the start of each partition to its end.
+/// Where every record of `topic` is, read again from the start.
 fn read_all(kafka: &KafkaSettings, topic: &str) -> anyhow::Result<Positions> {
-    let consumer: BaseConsumer = kafka
-        .consumer_config("probe-reread")
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let timeout = Duration::from_secs(5);
-    let mut all = Positions::new();
-    for partition in 0..3 {
-        let (low, mut high) = consumer.fetch_watermarks(topic, partition, timeout)?;
-        let mut assignment = TopicPartitionList::new();
-        assignment.add_partition_offset(topic, partition, Offset::Offset(low))?;
-        consumer.assign(&assignment)?;
-        let (mut next, deadline) = (low, Instant::now() + Duration::from_secs(60));
-        let mut seen = HashSet::new();
-        while next < high {
-            ensure!(
-                Instant::now() < deadline,
-                "re-reading {topic}/{partition} got stuck at {next} of {high}"
-            );
-            let Some(message) = consumer.poll(Duration::from_millis(100)) else {
-                high = high.max(consumer.fetch_watermarks(topic, partition, timeout)?.1);
-                continue;
-            };
-            let message = message?;
-            next = message.offset() + 1;
-            if seen.insert(message.offset()) {
-                let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
-                all.insert(key, (partition, message.offset()));
-            }
-        }
-    }
-    Ok(all)
+    Ok(replyway_tests::read_topic_to_end(kafka, topic)?
+        .iter()
+        .map(|m| {
+            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+            (key, (m.partition(), m.offset()))
+        })
+        .collect())
 }
