@@ -2,39 +2,24 @@
 //! Kafka needed: the document comes from the settings alone).
 #![allow(clippy::unwrap_used)] // test code: a panic is a failed test
 
-use std::time::Duration;
-
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use replyway_gateway::routes::RouteConfig;
-use replyway_gateway::{AppState, Settings, router};
 
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
 
 fn app() -> axum::Router {
-    let mut settings = Settings::default();
-    settings.redis.url = format!("redis://127.0.0.1:{}", closed_port());
-    settings.redis.timeout = Duration::from_millis(500);
-    settings.kafka.brokers = format!("127.0.0.1:{}", closed_port());
-    settings.routes = vec![RouteConfig {
+    common::app(RouteConfig {
         method: "POST".into(),
         path: "/orders/{id}".into(),
         topic: "orders".into(),
         key: "{param.id}".into(),
         forward_headers: vec!["x-request-id".into()],
         ..RouteConfig::default()
-    }];
-    router(AppState::new(settings, CancellationToken::new()).unwrap())
+    })
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! The router alone, driven with `oneshot`: everything the gateway decides
-#![allow(clippy::unwrap_used)] // test code: a panic is a failed test
 //! before it needs Redis or Kafka, and its answer when Redis is unreachable.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test
 
 use std::time::Duration;
 
@@ -11,22 +11,14 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use replyway_gateway::routes::RouteConfig;
-use replyway_gateway::{AppState, Settings, router};
+use replyway_gateway::{AppState, Settings};
 
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+
+use common::closed_port;
 
 fn app() -> axum::Router {
-    let mut settings = Settings::default();
-    settings.redis.url = format!("redis://127.0.0.1:{}", closed_port());
-    settings.redis.timeout = Duration::from_millis(500);
-    settings.kafka.brokers = format!("127.0.0.1:{}", closed_port());
-    settings.routes = vec![RouteConfig {
+    common::app(RouteConfig {
         name: None,
         method: "POST".into(),
         path: "/orders/{id}".into(),
@@ -36,8 +28,7 @@ fn app() -> axum::Router {
         body_limit: 8,
         forward_headers: vec![],
         ..RouteConfig::default()
-    }];
-    router(AppState::new(settings, CancellationToken::new()).unwrap())
+    })
 }
 
 async fn call(request: Request<Body>) -> (StatusCode, String, serde_json::Value) {
