@@ -200,6 +200,19 @@ async fn gateway(
     Ok((format!("http://{addr}"), token))
 }
 
+/// Whether the gateway at `base` answers its unauthenticated route within 20 s
+/// (its consumer groups have joined).
+async fn open_route_answers(http: &reqwest::Client, base: &str) -> bool {
+    eventually(Duration::from_secs(20), || async {
+        http.post(format!("{base}/open"))
+            .body("warm")
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await
+}
+
 fn secured(
     stack: &Stack,
     dir: &std::path::Path,
@@ -298,15 +311,7 @@ async fn routes_let_in_only_who_belongs_and_replies_go_only_to_their_owner() -> 
     let (ec_private, ec_public) = key_pair(dir.path(), "ec")?;
     let (base, stop) = gateway(secured(&stack, dir.path(), &rsa_public, &ec_public)?).await?;
     let http = &stack.http;
-    let ready = eventually(Duration::from_secs(20), || async {
-        http.post(format!("{base}/open"))
-            .body("warm")
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
-    assert!(ready);
+    assert!(open_route_answers(http, &base).await);
     let post = |path: &str, auth: Option<String>| {
         let mut request = http
             .post(format!("{base}{path}"))
@@ -506,15 +511,7 @@ async fn rate_limits_are_shared_by_replicas_per_principal_and_route() -> TestRes
     let (b, stop_b) = gateway(settings).await?;
     let http = &stack.http;
     for base in [&a, &b] {
-        let ready = eventually(Duration::from_secs(20), || async {
-            http.post(format!("{base}/open"))
-                .body("warm")
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        })
-        .await;
-        assert!(ready);
+        assert!(open_route_answers(http, base).await);
     }
     let call = |base: &str, path: &str, key: Option<&str>| {
         let mut request = http.post(format!("{base}{path}")).body("x");
