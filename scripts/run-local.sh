@@ -19,9 +19,9 @@ mkdir -p "$RUN_DIR/logs"
 export REPLYWAY_KAFKA__BROKERS="127.0.0.1:${KAFKA_PORT}"
 export REPLYWAY_REDIS__URL="redis://127.0.0.1:${REDIS_PORT}"
 
-# Broker and Redis run in sessions of their own, so that Ctrl-C reaches only the
-# Replyway processes; they stop first (committing offsets and leaving their
-# consumer groups), then the broker and Redis.
+# Every process runs in a session of its own, so that Ctrl-C reaches only this
+# script, which stops them in order: the Replyway processes first (committing
+# offsets and leaving their consumer groups), then the broker and Redis.
 pids=()
 infra=()
 cleanup() {
@@ -66,13 +66,13 @@ for topic in echo.requests ledger.requests ledger.events kyc.requests replyway.r
 done
 
 bin=target/release
-"$bin/replyway-collector" --config config/local/collector.toml >"$RUN_DIR/logs/collector.log" 2>&1 &
+setsid "$bin/replyway-collector" --config config/local/collector.toml >"$RUN_DIR/logs/collector.log" 2>&1 &
 pids+=($!)
-"$bin/replyway-echo" --config config/local/echo.toml >"$RUN_DIR/logs/echo.log" 2>&1 &
+setsid "$bin/replyway-echo" --config config/local/echo.toml >"$RUN_DIR/logs/echo.log" 2>&1 &
 pids+=($!)
-"$bin/replyway-ledger" --config config/local/ledger.toml >"$RUN_DIR/logs/ledger.log" 2>&1 &
+setsid "$bin/replyway-ledger" --config config/local/ledger.toml >"$RUN_DIR/logs/ledger.log" 2>&1 &
 pids+=($!)
-"$bin/replyway-gateway" --config config/local/gateway.toml --listen "$GATEWAY_LISTEN" >"$RUN_DIR/logs/gateway.log" 2>&1 &
+setsid "$bin/replyway-gateway" --config config/local/gateway.toml --listen "$GATEWAY_LISTEN" >"$RUN_DIR/logs/gateway.log" 2>&1 &
 pids+=($!)
 
 for _ in $(seq 1 300); do
