@@ -70,8 +70,10 @@ impl ConsumerContext for LoggingContext {
         );
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        tracing::info!(?rebalance, "rebalance done");
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let assigned = consumer.assignment().map_or(0, |a| a.count());
+        self.observed.set_assigned(assigned);
+        tracing::info!(?rebalance, assigned, "rebalance done");
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {

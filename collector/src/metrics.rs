@@ -44,6 +44,7 @@ pub struct Observed {
     lag: Mutex<Vec<(PartitionLabel, i64)>>,
     brokers_up: AtomicUsize,
     reports: AtomicUsize,
+    assigned: AtomicUsize,
 }
 
 impl Observed {
@@ -80,6 +81,11 @@ impl Observed {
             .count();
         self.brokers_up.store(up, Ordering::Relaxed);
         self.reports.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records how many reply partitions this replica owns after a rebalance.
+    pub fn set_assigned(&self, partitions: usize) {
+        self.assigned.store(partitions, Ordering::Relaxed);
     }
 
     /// Brokers connected at the last report, if there was one.
@@ -133,6 +139,12 @@ impl Collector for Live {
             "kafka_brokers_up",
             "Brokers connected at librdkafka's last statistics report.",
             i64::try_from(self.observed.brokers_up().unwrap_or(0)).unwrap_or(0),
+        )?;
+        gauge(
+            &mut encoder,
+            "assigned_partitions",
+            "Reply partitions this replica owns in its consumer group (after the last rebalance).",
+            i64::try_from(self.observed.assigned.load(Ordering::Relaxed)).unwrap_or(0),
         )?;
         let lag = self
             .observed

@@ -32,6 +32,10 @@ pub struct Settings {
     /// is answered `503` and its pending record removed.
     #[serde(with = "humantime_serde")]
     pub produce_timeout: Duration,
+    /// How often the members of the routes' `responder_group`s are asked of
+    /// Kafka (in the background; a request never waits for it).
+    #[serde(with = "humantime_serde")]
+    pub responder_check_interval: Duration,
     /// Longest time a client may take to send a request's headers.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
@@ -91,6 +95,7 @@ impl Default for Settings {
             max_waiting: 10_000,
             max_poll_wait: Duration::from_secs(60),
             produce_timeout: Duration::from_secs(5),
+            responder_check_interval: Duration::from_millis(500),
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
@@ -132,6 +137,15 @@ impl Settings {
     /// How long an idempotency key is remembered.
     pub fn idempotency_ttl(&self) -> Duration {
         self.idempotency_ttl.unwrap_or(self.redis.ttl)
+    }
+
+    /// How long an idempotency claim may stay unproduced before a retry takes
+    /// it over and produces the command again: the longest a produce may take
+    /// (`produce_timeout`) and a second for the Redis round trips around it.
+    /// A gateway that dies between claiming a key and producing its command
+    /// leaves the key stuck for no longer than this.
+    pub fn idempotency_lease(&self) -> Duration {
+        self.produce_timeout + Duration::from_secs(1)
     }
 
     /// Checks every setting and builds the route table.
@@ -192,6 +206,12 @@ impl Settings {
             return Err(InvalidSetting::new(
                 "http2_max_streams",
                 "must be at least 1",
+            ));
+        }
+        if self.responder_check_interval < Duration::from_millis(100) {
+            return Err(InvalidSetting::new(
+                "responder_check_interval",
+                "must be at least 100ms",
             ));
         }
         if self.produce_timeout.is_zero() {

@@ -16,7 +16,7 @@ use rdkafka::util::Timeout;
 
 use replyway_shared::Reply;
 use replyway_shared::record::{Request, is_valid_correlation_id, new_correlation_id, unix_millis};
-use replyway_shared::store::{Lookup, PendingInfo};
+use replyway_shared::store::{Claim, Lookup, PendingInfo};
 
 use crate::auth::RouteAuth;
 use replyway_shared::trace::{TraceContext, continue_trace};
@@ -391,6 +391,11 @@ async fn submit(
     if state.shutdown.is_cancelled() {
         return Err(GatewayError::ShuttingDown);
     }
+    if let Some(group) = &route.responder_group
+        && state.responders.none_active(group)
+    {
+        return Err(GatewayError::NoResponders(group.clone()));
+    }
     let prefer =
         Prefer::from_headers(headers).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
     let forwarded = forwarded_headers(route, headers)?;
@@ -422,7 +427,7 @@ async fn submit(
     )
     .await?;
 
-    let id = state
+    let mut id = state
         .signer
         .as_ref()
         .map_or_else(new_correlation_id, |s| s.issue());
@@ -436,21 +441,24 @@ async fn submit(
             let fingerprint = digest(&[method.as_str().as_bytes(), uri.path().as_bytes(), &body]);
             // Boxed, as are the other steps of requests with an idempotency
             // key: the common path's future stays smaller.
-            let first = Box::pin(state.store.claim_idempotency(
+            let claimed = Box::pin(claim(
+                state,
+                route,
                 &scope,
                 &id,
                 &fingerprint,
-                state.settings.idempotency_ttl(),
+                &prefer,
+                wait,
             ))
-            .await
-            .map_err(GatewayError::Redis)?;
-            if let Some((first_id, first_fingerprint)) = first {
-                if first_fingerprint != fingerprint {
-                    return Err(GatewayError::IdempotencyMismatch);
+            .await?;
+            match claimed {
+                Claimed::Ours => {}
+                Claimed::TookOver(first) => {
+                    tracing::info!(correlation_id = %first, "taking over an idempotency claim whose command was never produced");
+                    tracing::Span::current().record("correlation_id", first.as_str());
+                    id = first;
                 }
-                return Box::pin(follow(state, route, first_id, prefer.respond_async, wait))
-                    .await
-                    .map(Submitted::Answered);
+                Claimed::Answered(response) => return Ok(Submitted::Answered(response)),
             }
             Some(scope)
         }
@@ -483,14 +491,9 @@ async fn submit(
     let request = Request {
         correlation_id: id.clone(),
         reply_to: state.settings.reply_topic.clone(),
-        deadline: Some(unix_millis(
-            created
-                + if prefer.respond_async {
-                    state.settings.redis.ttl
-                } else {
-                    wait
-                },
-        )),
+        // After a `504` the reply can still be picked up for as long as Redis
+        // keeps it (`redis.ttl`): only then will nobody collect it.
+        deadline: Some(unix_millis(created + state.settings.redis.ttl)),
         content_type,
         method: Some(method.as_str().to_owned()),
         path: Some(uri.path().to_owned()),
@@ -535,6 +538,12 @@ async fn submit(
         }
         return Err(e);
     }
+    // Produced: from now on a retry follows this request instead of taking over.
+    if let Some(scope) = &idempotency
+        && let Err(e) = Box::pin(state.store.mark_produced(scope, &id)).await
+    {
+        tracing::warn!(correlation_id = %id, error = %e, "could not mark the idempotency claim produced; a retry after its lease may produce the command again");
+    }
 
     let Some(waiter) = waiter else {
         let mut response = pending_response(&id);
@@ -545,6 +554,75 @@ async fn submit(
         return Ok(Submitted::Answered(response));
     };
     Ok(Submitted::Waiting { id, waiter, wait })
+}
+
+/// What claiming an idempotency key decided for a request.
+enum Claimed {
+    /// The key is this request's: it goes on as a new request.
+    Ours,
+    /// The first request's claim expired unproduced: this request produces the
+    /// command under the first request's correlation id.
+    TookOver(String),
+    /// Answered from the first request (its reply, `202`, or a problem).
+    Answered(Response),
+}
+
+/// Claims the idempotency key `scope` for request `id`, or follows the request
+/// that claimed it first.
+///
+/// A first request that has not marked its command produced may have died
+/// between claim and produce: a synchronous retry follows it until its lease
+/// ends and then claims again, which takes the key over if it is still
+/// unproduced (`idempotency_lease`). A retry of a produced command only ever
+/// follows it: nothing is produced twice on purpose.
+async fn claim(
+    state: &AppState,
+    route: &Route,
+    scope: &str,
+    id: &str,
+    fingerprint: &str,
+    prefer: &Prefer,
+    wait: std::time::Duration,
+) -> Result<Claimed, GatewayError> {
+    let started = Instant::now();
+    let (ttl, lease) = (
+        state.settings.idempotency_ttl(),
+        state.settings.idempotency_lease(),
+    );
+    let mut retried = false;
+    loop {
+        let found = state
+            .store
+            .claim_idempotency(scope, id, fingerprint, ttl, lease)
+            .await
+            .map_err(GatewayError::Redis)?;
+        let (first, lease_left) = match found {
+            Claim::Claimed => return Ok(Claimed::Ours),
+            Claim::TookOver(first) => return Ok(Claimed::TookOver(first)),
+            Claim::First {
+                id: first,
+                fingerprint: first_fingerprint,
+                lease_left,
+            } => {
+                if first_fingerprint != fingerprint {
+                    return Err(GatewayError::IdempotencyMismatch);
+                }
+                (first, lease_left)
+            }
+        };
+        let left = wait.saturating_sub(started.elapsed());
+        let follow_for = match lease_left {
+            // Just after the lease: the claim script reads Redis's clock.
+            Some(lease) if !retried && !prefer.respond_async && lease < left => {
+                lease + std::time::Duration::from_millis(50)
+            }
+            _ => left,
+        };
+        match follow(state, route, first, prefer.respond_async, follow_for).await {
+            Err(GatewayError::Timeout(..)) if follow_for < left => retried = true,
+            answered => return answered.map(Claimed::Answered),
+        }
+    }
 }
 
 /// Answers a retry (same idempotency key, same body) with the reply of the

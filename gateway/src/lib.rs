@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod prefer;
 pub mod problem;
+pub mod responders;
 pub mod routes;
 pub mod tls;
 
@@ -101,6 +102,8 @@ pub struct Inner {
     pub signer: Option<replyway_shared::correlation::Signer>,
     /// Checks credentials.
     pub auth: crate::auth::Authenticator,
+    /// Active members of the routes' responder groups.
+    pub responders: Arc<crate::responders::Responders>,
     /// Cancelled when the gateway stops.
     pub shutdown: CancellationToken,
     /// The validated settings.
@@ -142,10 +145,17 @@ impl AppState {
         let waiters = Waiters::new(settings.max_waiting);
         let subscription_live = Arc::new(AtomicBool::new(false));
         let late_replies = Arc::new(AtomicU64::new(0));
+        let responders = Arc::new(crate::responders::Responders::new(
+            routes
+                .routes()
+                .iter()
+                .filter_map(|r| r.responder_group.as_deref()),
+        ));
         let (metrics, registry) = crate::metrics::Metrics::register(
             Arc::clone(&waiters),
             Arc::clone(&subscription_live),
             Arc::clone(&late_replies),
+            Arc::clone(&responders),
         );
         Ok(Self(Arc::new(Inner {
             node_id,
@@ -159,6 +169,7 @@ impl AppState {
             registry: Arc::new(registry),
             signer,
             auth,
+            responders,
             shutdown,
             settings,
         })))
@@ -247,6 +258,11 @@ pub async fn run(
     let subscription = state.subscriber()?;
     let stop_subscription = CancellationToken::new();
     let subscription = tokio::spawn(subscription.run(stop_subscription.clone()));
+    let responders = tokio::spawn(Arc::clone(&state.responders).watch(
+        state.producer.clone(),
+        state.settings.responder_check_interval,
+        stop_subscription.clone(),
+    ));
     tracing::info!(
         listen = %listener.local_addr().context("reading the listener's address")?,
         node_id = %state.node_id,
@@ -258,6 +274,7 @@ pub async fn run(
     serve(listener, router(state.clone()), &state.settings, &shutdown).await;
     stop_subscription.cancel();
     let _ = subscription.await;
+    let _ = responders.await;
     let producer = state.producer.clone();
     let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
     admin.stop().await;

@@ -13,7 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use replyway_shared::admin::{Collector, counter, gauge};
+use replyway_shared::admin::{Collector, counter, gauge, gauge_family};
 use replyway_shared::waiters::Waiters;
 
 /// Labels of a request count.
@@ -60,6 +60,13 @@ struct Live {
     waiters: Arc<Waiters>,
     subscription_live: Arc<AtomicBool>,
     late_replies: Arc<AtomicU64>,
+    responders: Arc<crate::responders::Responders>,
+}
+
+/// Labels of a responder group's gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabel {
+    group: String,
 }
 
 impl Collector for Live {
@@ -75,6 +82,24 @@ impl Collector for Live {
             "redis_subscription_up",
             "1 while this node's Redis subscription is live.",
             i64::from(self.subscription_live.load(Ordering::Relaxed)),
+        )?;
+        let members: Vec<(GroupLabel, i64)> = self
+            .responders
+            .members()
+            .map(|(group, n)| {
+                (
+                    GroupLabel {
+                        group: group.to_owned(),
+                    },
+                    n,
+                )
+            })
+            .collect();
+        gauge_family(
+            &mut encoder,
+            "responder_members",
+            "Active members of each route's responder_group as Kafka last reported them (-1: not known yet or Kafka could not be asked); 0 answers the group's routes 503 no-responders.",
+            &members,
         )?;
         counter(
             &mut encoder,
@@ -92,6 +117,7 @@ impl Metrics {
         waiters: Arc<Waiters>,
         subscription_live: Arc<AtomicBool>,
         late_replies: Arc<AtomicU64>,
+        responders: Arc<crate::responders::Responders>,
     ) -> (Self, Registry) {
         let mut registry = Registry::with_prefix("replyway_gateway");
         let metrics = Self {
@@ -130,6 +156,7 @@ impl Metrics {
             waiters,
             subscription_live,
             late_replies,
+            responders,
         }));
         (metrics, registry)
     }

@@ -41,6 +41,7 @@ pub const PROBLEM_KINDS: &[(&str, u16)] = &[
     ("store-unavailable", 503),
     ("broker-unavailable", 503),
     ("shutting-down", 503),
+    ("no-responders", 503),
     ("reply-timeout", 504),
 ];
 
@@ -646,11 +647,14 @@ fn route_operation(settings: &Settings, route: &Route, key: &str, operation_id: 
         "503".into(),
         problem_response(
             &format!(
-                "Nothing half-done: {} requests already wait on this node (`overloaded`); Redis unreachable, nothing produced (`store-unavailable`); the broker did not take the command, or did not acknowledge it within {} — then the pending record is removed and the body names the correlation id, under which a late delivery's reply is still stored (`broker-unavailable`); the gateway is stopping (`shutting-down`).",
+                "Nothing half-done: {} requests already wait on this node (`overloaded`); Redis unreachable, nothing produced (`store-unavailable`); the broker did not take the command, or did not acknowledge it within {} — then the pending record is removed and the body names the correlation id, under which a late delivery's reply is still stored (`broker-unavailable`); the gateway is stopping (`shutting-down`){}.",
                 settings.max_waiting,
                 human(settings.produce_timeout.min(route.timeout)),
+                route.responder_group.as_ref().map_or_else(String::new, |g| format!(
+                    "; Kafka reports that consumer group `{g}`, which serves this route, has no active member: answered at once, nothing produced (`no-responders`)"
+                )),
             ),
-            &["overloaded", "store-unavailable", "broker-unavailable", "shutting-down"],
+            &["overloaded", "store-unavailable", "broker-unavailable", "shutting-down", "no-responders"],
             retry,
         ),
     );
@@ -1262,6 +1266,7 @@ mod tests {
             | GatewayError::Timeout(..)
             | GatewayError::UnknownReply(_)
             | GatewayError::ShuttingDown
+            | GatewayError::NoResponders(_)
             | GatewayError::Unauthenticated(..)
             | GatewayError::Forbidden(..)
             | GatewayError::RateLimited(_) => {}
@@ -1290,6 +1295,7 @@ mod tests {
             GatewayError::Timeout(5, "c-1".into()),
             GatewayError::UnknownReply("c-1".into()),
             GatewayError::ShuttingDown,
+            GatewayError::NoResponders("echo".into()),
             GatewayError::Unauthenticated(
                 crate::auth::AuthError::Missing,
                 "Bearer realm=\"replyway\"".into(),

@@ -58,6 +58,11 @@ pub enum GatewayError {
     /// Authenticated without a required scope; with the challenge.
     #[error("{0}")]
     Forbidden(crate::auth::AuthError, String),
+    /// Kafka reports that the route's responder group has no active member.
+    #[error(
+        "no service is consuming this route's commands (consumer group {0} has no active member)"
+    )]
+    NoResponders(String),
     /// Over the route's rate limit.
     #[error("rate limit exceeded; retry in {} s", retry_after_secs(.0))]
     RateLimited(crate::handlers::RateInfo),
@@ -128,6 +133,10 @@ impl IntoResponse for GatewayError {
             Self::ShuttingDown => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "urn:replyway:problem:shutting-down",
+            ),
+            Self::NoResponders(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "urn:replyway:problem:no-responders",
             ),
             Self::Unauthenticated(..) => (
                 StatusCode::UNAUTHORIZED,

@@ -59,6 +59,11 @@ pub struct RouteConfig {
     /// authentication), shared by all replicas; unset: no limit.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// Consumer group of the service that reads `topic`. When Kafka reports it
+    /// has no active member, requests are answered `503` `no-responders` at
+    /// once instead of waiting out `timeout`. Unset: not checked.
+    #[serde(default)]
+    pub responder_group: Option<String>,
 }
 
 /// A route's rate limit: `requests` per `per`, with bursts of up to `burst`.
@@ -92,6 +97,7 @@ impl Default for RouteConfig {
             auth: RouteAuth::None,
             scopes: Vec::new(),
             rate_limit: None,
+            responder_group: None,
         }
     }
 }
@@ -144,6 +150,8 @@ pub struct Route {
     pub scopes: Vec<String>,
     /// The rate limit, validated.
     pub rate_limit: Option<replyway_shared::store::RateLimit>,
+    /// Consumer group whose members serve the topic, when checked.
+    pub responder_group: Option<String>,
     pattern: Vec<Segment>,
     key: Vec<KeyPart>,
 }
@@ -210,6 +218,15 @@ impl Route {
         if c.timeout.is_zero() {
             return Err(InvalidSetting::new(at("timeout"), "must be more than 0"));
         }
+        if c.responder_group
+            .as_deref()
+            .is_some_and(|g| g.is_empty() || g.len() > 255)
+        {
+            return Err(InvalidSetting::new(
+                at("responder_group"),
+                "must be a consumer group id of 1 to 255 bytes",
+            ));
+        }
         let header_list = |field: &str, list: &[String]| {
             list.iter()
                 .map(|h| {
@@ -237,6 +254,7 @@ impl Route {
             spring_headers: c.spring_headers,
             auth: c.auth,
             scopes: c.scopes.clone(),
+            responder_group: c.responder_group.clone(),
             rate_limit: c
                 .rate_limit
                 .as_ref()

@@ -284,7 +284,9 @@ impl Requester {
     ) -> Result<Reply, RequesterError> {
         let inner = &self.inner;
         let created = SystemTime::now();
-        request.deadline = Some(unix_millis(created + timeout));
+        // A reply that comes after `timeout` can still be fetched (`fetch`) for
+        // as long as the store keeps it: that is when nobody will collect it.
+        request.deadline = Some(unix_millis(created + inner.store.ttl()));
         let id = request.correlation_id.clone();
 
         // Wait before anything can reply, so that the reply cannot be missed.

@@ -321,6 +321,13 @@ impl KafkaSettings {
             ],
             &self.consumer,
         );
+        // With KIP-848's `consumer` protocol the broker owns the session and
+        // heartbeat timing: librdkafka refuses these settings.
+        if config.get("group.protocol") == Some("consumer") {
+            for owned_by_broker in ["session.timeout.ms", "heartbeat.interval.ms"] {
+                config.remove(owned_by_broker);
+            }
+        }
         config.set("group.id", group);
         config
     }

@@ -127,16 +127,68 @@ return 1
 ";
 
 /// Claims an idempotency key for a new request, or returns the request that
-/// claimed it first.
+/// claimed it first; takes over a claim whose command was never marked
+/// produced within its lease (the claiming gateway died between claim and
+/// produce), so that a retry is not stuck until the key's TTL.
 ///
-/// KEYS: idempotency record. ARGV: `<id> <fingerprint>`, TTL in ms.
-/// Returns false when claimed now, else the stored `<id> <fingerprint>`.
+/// The record is `<id> <fingerprint> <lease>`: `<lease>` is the unix ms (Redis's
+/// clock) until which the claimer may still produce, `0` once it has.
+///
+/// KEYS: idempotency record. ARGV: id, fingerprint, TTL in ms, lease in ms.
+/// Returns `{'claimed'}`, `{'took-over', id}` (same fingerprint, expired
+/// lease: the caller produces the command again under that id), or
+/// `{'first', record, ms left of the lease or -1 when produced}`.
 pub const CLAIM_IDEMPOTENCY_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local first = redis.call('GET', KEYS[1])
-if first then return first end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return false
+if not first then
+  redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. (now + tonumber(ARGV[4])), 'PX', ARGV[3])
+  return {'claimed'}
+end
+local id, fingerprint, lease = string.match(first, '^(%S+) (%S*) (%d+)$')
+if not id then return {'first', first, -1} end
+lease = tonumber(lease)
+if lease == 0 then return {'first', first, -1} end
+if lease <= now and fingerprint == ARGV[2] then
+  redis.call('SET', KEYS[1], id .. ' ' .. fingerprint .. ' ' .. (now + tonumber(ARGV[4])), 'KEEPTTL')
+  return {'took-over', id}
+end
+return {'first', first, math.max(lease - now, 0)}
 ";
+
+/// Marks a claim's command produced (lease `0`), if the record is still that
+/// request's.
+///
+/// KEYS: idempotency record. ARGV: id.
+pub const MARK_PRODUCED_LUA: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local id, fingerprint = string.match(v, '^(%S+) (%S*) %d+$')
+if id ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], id .. ' ' .. fingerprint .. ' 0', 'KEEPTTL')
+return 1
+";
+
+/// What claiming an idempotency key found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The key is this request's now.
+    Claimed,
+    /// An earlier request's claim whose command was never marked produced
+    /// within its lease, with the same body: this request produces it again,
+    /// under that request's correlation id.
+    TookOver(String),
+    /// An earlier request holds the key.
+    First {
+        /// Its correlation id.
+        id: String,
+        /// Its body's fingerprint.
+        fingerprint: String,
+        /// How long it may still produce its command; `None` once produced.
+        lease_left: Option<Duration>,
+    },
+}
 
 #[derive(Serialize, Deserialize)]
 struct Head<'a> {
@@ -212,6 +264,9 @@ pub enum StoreError {
     /// Redis holds something that is not a stored reply.
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    /// A script answered outside its contract.
+    #[error("redis answered out of contract: {0}")]
+    Malformed(String),
 }
 
 /// What the pending record says of a request.
@@ -297,6 +352,7 @@ pub struct Store {
     store_script: redis::Script,
     join_script: redis::Script,
     claim_script: redis::Script,
+    produced_script: redis::Script,
     create_script: redis::Script,
     rate_script: redis::Script,
 }
@@ -337,9 +393,16 @@ impl Store {
             store_script: redis::Script::new(STORE_REPLY_LUA),
             join_script: redis::Script::new(JOIN_AND_READ_LUA),
             claim_script: redis::Script::new(CLAIM_IDEMPOTENCY_LUA),
+            produced_script: redis::Script::new(MARK_PRODUCED_LUA),
             create_script: redis::Script::new(CREATE_PENDING_LUA),
             rate_script: redis::Script::new(RATE_LIMIT_LUA),
         }
+    }
+
+    /// How long replies and pending records are kept: until then a reply can
+    /// still be collected, so it is every command's `deadline`.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     fn connection(&self) -> ConnectionManager {
@@ -492,33 +555,74 @@ impl Store {
         Ok(found)
     }
 
-    /// Claims idempotency record `scope` for request `id` with body `fingerprint`.
-    /// Returns `None` when claimed now, else the `(id, fingerprint)` of the
-    /// request that claimed it first.
+    /// Claims idempotency record `scope` for request `id` with body
+    /// `fingerprint`, for `ttl`; the claimer has `lease` to produce its command
+    /// and mark it ([`Store::mark_produced`]) before a retry may take over.
     ///
     /// # Errors
-    /// [`StoreError`] when Redis does not answer.
+    /// [`StoreError`] when Redis does not answer or answers out of contract.
     pub async fn claim_idempotency(
         &self,
         scope: &str,
         id: &str,
         fingerprint: &str,
         ttl: Duration,
-    ) -> Result<Option<(String, String)>, StoreError> {
-        let first: Option<String> = self
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let answer: Vec<redis::Value> = self
             .bounded(async {
                 let mut conn = self.connection();
                 let mut invocation = self.claim_script.key(self.keys.idempotency(scope));
                 invocation
-                    .arg(format!("{id} {fingerprint}"))
-                    .arg(ttl_ms(ttl));
+                    .arg(id)
+                    .arg(fingerprint)
+                    .arg(ttl_ms(ttl))
+                    .arg(ttl_ms(lease));
                 Ok(invocation.invoke_async(&mut conn).await?)
             })
             .await?;
-        Ok(first.map(|v| match v.split_once(' ') {
-            Some((id, fp)) => (id.to_owned(), fp.to_owned()),
-            None => (v, String::new()),
-        }))
+        let text = |i: usize| -> Option<String> {
+            answer
+                .get(i)
+                .and_then(|v| redis::from_redis_value(v.clone()).ok())
+        };
+        let out_of_contract = || StoreError::Malformed("idempotency claim answer".into());
+        match text(0).as_deref() {
+            Some("claimed") => Ok(Claim::Claimed),
+            Some("took-over") => text(1).map(Claim::TookOver).ok_or_else(out_of_contract),
+            Some("first") => {
+                let record = text(1).ok_or_else(out_of_contract)?;
+                let left: i64 = answer
+                    .get(2)
+                    .and_then(|v| redis::from_redis_value(v.clone()).ok())
+                    .ok_or_else(out_of_contract)?;
+                let mut parts = record.splitn(3, ' ');
+                let id = parts.next().unwrap_or_default().to_owned();
+                let fingerprint = parts.next().unwrap_or_default().to_owned();
+                Ok(Claim::First {
+                    id,
+                    fingerprint,
+                    lease_left: u64::try_from(left).ok().map(Duration::from_millis),
+                })
+            }
+            _ => Err(out_of_contract()),
+        }
+    }
+
+    /// Marks the command of idempotency record `scope` produced (by request
+    /// `id`): from now on no retry takes it over.
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis does not acknowledge.
+    pub async fn mark_produced(&self, scope: &str, id: &str) -> Result<(), StoreError> {
+        self.bounded(async {
+            let mut conn = self.connection();
+            let mut invocation = self.produced_script.key(self.keys.idempotency(scope));
+            invocation.arg(id);
+            invocation.invoke_async::<i64>(&mut conn).await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Counts a request against rate limit `scope` (one round trip).
