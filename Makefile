@@ -12,11 +12,11 @@ run: deps
 	@scripts/run-local.sh
 
 test: deps
-	cargo build --workspace --bins --locked
-	cargo test --workspace --locked
-	target/debug/replyway-bench --smoke --out target/bench-smoke
-	scripts/schemathesis.sh
-	scripts/fuzz.sh --smoke
+	scripts/timed.sh build cargo build --workspace --bins --tests --locked
+	scripts/timed.sh tests cargo test --workspace --locked
+	scripts/timed.sh bench-smoke target/debug/replyway-bench --smoke --out target/bench-smoke
+	scripts/timed.sh schemathesis scripts/schemathesis.sh
+	scripts/timed.sh fuzz scripts/fuzz.sh --smoke
 
 bench: deps
 	cargo build --release --workspace --bins --locked

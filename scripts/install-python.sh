@@ -14,7 +14,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${REPLYWAY_PYTHON_VENV:-$ROOT/.venv}
 REQUIREMENTS=$ROOT/examples/python/requirements.txt
 PYTHON3=${PYTHON3:-python3}
-# The local broker (tansu 0.6) does not work with older librdkafka.
+# The same librdkafka as the Rust clients (rdkafka-sys bundles 2.12.1).
 MIN_LIBRDKAFKA=0x020c0000 # 2.12.0
 
 apt_install() {

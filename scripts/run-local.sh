@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# Starts the whole Replyway stack on this machine: a tansu broker, Redis, the
-# collector, the echo and ledger demo services and the gateway. Ctrl-C stops
-# everything.
+# Starts the whole Replyway stack on this machine: a single-node KRaft Apache
+# Kafka (data under .run/kafka, formatted on first start, kept across runs),
+# Redis, the collector, the echo and ledger demo services and the gateway.
+# Ctrl-C stops everything: the services first, then the broker and Redis.
 #
 # Ports (override with the environment): gateway 8080 (config/local/gateway.toml),
-# KAFKA_PORT=9092, REDIS_PORT=6380.
+# KAFKA_PORT=9092 (KAFKA_CONTROLLER_PORT=9093), REDIS_PORT=6380.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
 KAFKA_PORT=${KAFKA_PORT:-9092}
+KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
 REDIS_PORT=${REDIS_PORT:-6380}
 GATEWAY_LISTEN=${GATEWAY_LISTEN:-127.0.0.1:8080}
 RUN_DIR=${RUN_DIR:-.run}
-BROKER="tcp://127.0.0.1:${KAFKA_PORT}"
 mkdir -p "$RUN_DIR/logs"
 
 export REPLYWAY_KAFKA__BROKERS="127.0.0.1:${KAFKA_PORT}"
@@ -43,8 +44,8 @@ wait_port() {
   for _ in $(seq 1 200); do port_busy "$1" && return 0; sleep 0.1; done
   echo "nothing listens on port $1 (see $RUN_DIR/logs)" >&2; return 1
 }
-for p in "$KAFKA_PORT" "$REDIS_PORT" "${GATEWAY_LISTEN##*:}"; do
-  if port_busy "$p"; then echo "port $p is in use; set KAFKA_PORT / REDIS_PORT / GATEWAY_LISTEN" >&2; exit 1; fi
+for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$REDIS_PORT" "${GATEWAY_LISTEN##*:}"; do
+  if port_busy "$p"; then echo "port $p is in use; set KAFKA_PORT / KAFKA_CONTROLLER_PORT / REDIS_PORT / GATEWAY_LISTEN" >&2; exit 1; fi
 done
 
 echo "building (release)..."
@@ -54,16 +55,21 @@ echo "starting redis-server on 127.0.0.1:${REDIS_PORT}"
 setsid redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
   --dir "$RUN_DIR" >"$RUN_DIR/logs/redis.log" 2>&1 &
 infra+=($!)
-echo "starting tansu broker on ${BROKER}"
-RUST_LOG=warn setsid tansu broker --listener-url "$BROKER" --advertised-listener-url "$BROKER" \
-  --storage-engine memory://tansu/ >"$RUN_DIR/logs/tansu.log" 2>&1 &
+echo "starting Apache Kafka on 127.0.0.1:${KAFKA_PORT} (data in $RUN_DIR/kafka, log in $RUN_DIR/kafka/node-1/broker.log)"
+setsid target/release/replyway-kafka --dir "$RUN_DIR/kafka" --port "$KAFKA_PORT" \
+  --controller-port "$KAFKA_CONTROLLER_PORT" --partitions 3 \
+  --topics echo.requests,ledger.requests,ledger.events,kyc.requests,replyway.replies \
+  >"$RUN_DIR/logs/kafka.log" 2>&1 &
 infra+=($!)
 wait_port "$REDIS_PORT"
-wait_port "$KAFKA_PORT"
-
-for topic in echo.requests ledger.requests ledger.events kyc.requests replyway.replies; do
-  tansu topic create "$topic" --partitions 3 --broker "$BROKER" >>"$RUN_DIR/logs/tansu.log" 2>&1
+# The broker prints "ready" once the topics exist (a JVM start, a few seconds).
+for _ in $(seq 1 900); do
+  grep -qx ready "$RUN_DIR/logs/kafka.log" 2>/dev/null && break
+  kill -0 "${infra[1]}" 2>/dev/null || { cat "$RUN_DIR/logs/kafka.log" >&2; echo "Apache Kafka did not start" >&2; exit 1; }
+  sleep 0.1
 done
+grep -qx ready "$RUN_DIR/logs/kafka.log" || { echo "Apache Kafka was not ready after 90 s; see $RUN_DIR/logs/kafka.log" >&2; exit 1; }
+grep '^Apache Kafka' "$RUN_DIR/logs/kafka.log"
 
 bin=target/release
 setsid "$bin/replyway-collector" --config config/local/collector.toml >"$RUN_DIR/logs/collector.log" 2>&1 &
@@ -92,7 +98,7 @@ Replyway is running:
   echo        consumer group replyway-echo on echo.requests
   ledger      consumer group replyway-ledger on ledger.requests, events to ledger.events
               (accounts alice and bob in Redis under the key prefix ledger)
-  broker      tansu at 127.0.0.1:${KAFKA_PORT} (in memory)
+  broker      Apache Kafka $(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' scripts/kafka/pom.xml) at 127.0.0.1:${KAFKA_PORT} (KRaft, data in ${RUN_DIR}/kafka)
   redis       127.0.0.1:${REDIS_PORT} (key prefix replyway)
   logs        ${RUN_DIR}/logs/
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks the gateway against its own OpenAPI document: starts a tansu broker,
+# Checks the gateway against its own OpenAPI document: starts Apache Kafka,
 # Redis, the collector, the echo and ledger demo services and the gateway (from
 # target/debug, with config/local/*.toml moved to free ports by environment
 # variables), validates GET /openapi.json with openapi-spec-validator, then runs
@@ -74,9 +74,7 @@ if [ "$(installed schemathesis)" != "$SCHEMATHESIS_VERSION" ] ||
     "schemathesis==$SCHEMATHESIS_VERSION" "openapi-spec-validator==$VALIDATOR_VERSION"
 fi
 
-if ! command -v redis-server >/dev/null 2>&1 || ! command -v tansu >/dev/null 2>&1; then
-  scripts/install-deps.sh
-fi
+scripts/install-deps.sh
 
 echo "building..."
 cargo build --workspace --bins --locked
@@ -108,16 +106,15 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # Free ports, all held at once so that they differ.
-read -r KAFKA_PORT REDIS_PORT GATEWAY_PORT GATEWAY_ADMIN_PORT COLLECTOR_ADMIN_PORT < <(
+read -r KAFKA_PORT KAFKA_CONTROLLER_PORT REDIS_PORT GATEWAY_PORT GATEWAY_ADMIN_PORT COLLECTOR_ADMIN_PORT < <(
   "$PYTHON3" - <<'EOF'
 import socket
-held = [socket.socket() for _ in range(5)]
+held = [socket.socket() for _ in range(6)]
 for s in held:
     s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in held))
 EOF
 )
-BROKER="tcp://127.0.0.1:$KAFKA_PORT"
 GATEWAY="127.0.0.1:$GATEWAY_PORT"
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -127,18 +124,21 @@ wait_port() {
   return 1
 }
 
-echo "starting redis-server on 127.0.0.1:$REDIS_PORT and tansu on $BROKER"
+echo "starting redis-server on 127.0.0.1:$REDIS_PORT and Apache Kafka on 127.0.0.1:$KAFKA_PORT"
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
   --dir "$RUN_DIR" >"$LOGS/redis.log" 2>&1 &
 infra+=($!)
-RUST_LOG=warn tansu broker --listener-url "$BROKER" --advertised-listener-url "$BROKER" \
-  --storage-engine memory://tansu/ >"$LOGS/tansu.log" 2>&1 &
+rm -rf "$RUN_DIR/kafka"
+target/debug/replyway-kafka --dir "$RUN_DIR/kafka" --port "$KAFKA_PORT" \
+  --controller-port "$KAFKA_CONTROLLER_PORT" --partitions 3 \
+  --topics echo.requests,ledger.requests,ledger.events,replyway.replies >"$LOGS/kafka.log" 2>&1 &
 infra+=($!)
 wait_port "$REDIS_PORT"
-wait_port "$KAFKA_PORT"
-for topic in echo.requests ledger.requests ledger.events replyway.replies; do
-  tansu topic create "$topic" --partitions 3 --broker "$BROKER" >>"$LOGS/tansu.log" 2>&1
+for _ in $(seq 1 900); do
+  grep -qx ready "$LOGS/kafka.log" 2>/dev/null && break
+  sleep 0.1
 done
+grep -qx ready "$LOGS/kafka.log" || { cat "$LOGS/kafka.log" >&2; echo "Apache Kafka did not start" >&2; exit 1; }
 
 export NO_COLOR=1 # plain service logs
 export REPLYWAY_KAFKA__BROKERS="127.0.0.1:$KAFKA_PORT"

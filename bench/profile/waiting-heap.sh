@@ -37,13 +37,11 @@ trap cleanup EXIT
 export REPLYWAY_KAFKA__BROKERS="127.0.0.1:$KAFKA_PORT" REPLYWAY_REDIS__URL="redis://127.0.0.1:$REDIS_PORT"
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$OUT" >"$OUT/redis.log" 2>&1 &
 pids+=($!)
-RUST_LOG=warn tansu broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-  --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine memory://tansu/ >"$OUT/tansu.log" 2>&1 &
+"$B/replyway-kafka" --dir "$OUT/kafka" --port "$KAFKA_PORT" --controller-port "$(free_port)" \
+  --topics echo.requests,replyway.replies >"$OUT/kafka.log" 2>&1 &
 pids+=($!)
-sleep 2
-for t in echo.requests replyway.replies; do
-  tansu topic create "$t" --partitions 3 --broker "tcp://127.0.0.1:$KAFKA_PORT" >>"$OUT/tansu.log" 2>&1
-done
+for _ in $(seq 1 900); do grep -qx ready "$OUT/kafka.log" 2>/dev/null && break; sleep 0.1; done
+grep -qx ready "$OUT/kafka.log" || { cat "$OUT/kafka.log" >&2; exit 1; }
 REPLYWAY_ADMIN_LISTEN= "$B/replyway-collector" --config config/local/collector.toml >"$OUT/collector.log" 2>&1 &
 pids+=($!)
 REPLYWAY_MAX_IN_FLIGHT=$((N + 100)) "$B/replyway-echo" --config config/local/echo.toml >"$OUT/echo.log" 2>&1 &

@@ -7,9 +7,10 @@
 //! * **replyway** — HTTP → gateway → Kafka → echo → Kafka → collector → Redis →
 //!   gateway → HTTP, with one and with two gateway processes.
 //!
-//! Every run gets fresh topics (tansu's memory engine slows as a partition
-//! fills). Every answer must carry its own request's body: a wrong or missing
-//! answer fails the run.
+//! The broker is Apache Kafka (the version the project pins, one KRaft node
+//! with the heap of Kafka's own start script) and every client runs with
+//! Replyway's default settings. Every run gets fresh topics. Every answer must
+//! carry its own request's body: a wrong or missing answer fails the run.
 
 mod chart;
 mod measure;
@@ -41,7 +42,7 @@ use crate::measure::{Latencies, ProcStats, redis_calls};
 #[derive(Parser, Clone)]
 struct Args {
     /// Concurrency levels (requests in flight at once).
-    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     concurrency: Vec<usize>,
     /// Measured requests per mode and concurrency.
     #[arg(long, default_value_t = 3000)]
@@ -112,11 +113,14 @@ async fn main() -> anyhow::Result<()> {
     }
     // The services log at warn: one line per request would be measured too.
     let env_log = std::env::var("REPLYWAY_BENCH_LOG").unwrap_or_else(|_| "warn".into());
-    let broker = Broker::start().context("starting tansu")?;
+    let broker = Broker::start_for_benchmark().context("starting Apache Kafka")?;
     let redis = RedisServer::start().context("starting redis-server")?;
     eprintln!(
-        "broker 127.0.0.1:{}, redis 127.0.0.1:{}",
-        broker.port, redis.port
+        "Apache Kafka {} at {} (ready after {:.1} s), redis 127.0.0.1:{}",
+        replyway_tests::kafka_version(),
+        broker.bootstrap(),
+        broker.startup.as_secs_f64(),
+        redis.port
     );
     let bench = Bench {
         args: args.clone(),
@@ -188,10 +192,9 @@ fn body_for(run: &str, i: usize, size: usize) -> String {
 }
 
 impl Bench {
+    /// Replyway's default client settings.
     fn kafka(&self) -> KafkaSettings {
-        let mut kafka = self.broker.kafka_settings();
-        kafka.producer.remove("message.timeout.ms");
-        kafka
+        self.broker.kafka_settings()
     }
 
     fn redis_settings(&self, prefix: &str) -> RedisSettings {
@@ -800,7 +803,8 @@ fn machine() -> String {
         })
         .map_or(0, |kib| kib / 1024 / 1024);
     format!(
-        "{cores} cores ({cpu}), {mem} GiB; tansu 0.6.0 (memory engine, fetch.wait.max.ms=1), redis-server on loopback"
+        "{cores} cores ({cpu}), {mem} GiB; Apache Kafka {} (one KRaft node, 1 GiB heap, Replyway's default client settings), redis-server on loopback",
+        replyway_tests::kafka_version()
     )
 }
 

@@ -20,7 +20,7 @@ handled twice, also after a crash; the gateway keeps the first reply.
 
 Run it:
     python greeter.py --bootstrap-servers 127.0.0.1:9092 --topic greeter.requests \
-        --consumer-prop fetch.wait.max.ms=1 --producer-prop enable.idempotence=false
+        --consumer-prop client.id=greeter-1
 
 It prints one line "ready" on stdout once it has joined its consumer group.
 SIGTERM or SIGINT: it finishes the batch in hand, commits and leaves the group.

@@ -1,8 +1,8 @@
 //! Does the test broker hand a consumer every record it acknowledged?
 //!
-//! Starts a fresh tansu broker, subscribes one consumer (Replyway's consumer
-//! settings) to a 3-partition topic, then has `--producers` producers (Replyway's
-//! producer settings, idempotence off as in the benchmark) send `--records`
+//! Starts a fresh Apache Kafka broker, subscribes one consumer (Replyway's
+//! consumer settings) to a 3-partition topic, then has `--producers` producers
+//! (Replyway's producer settings: idempotent, `acks=all`) send `--records`
 //! records each, `--in-flight` at a time. Once every record is acknowledged it
 //! waits for the consumer to go quiet, then reads the whole topic again from
 //! the start and reports which acknowledged records the live consumer never
@@ -48,8 +48,7 @@ async fn main() -> anyhow::Result<()> {
     let broker = Broker::start()?;
     let topic = "probe";
     broker.create_topics(&[topic], 3).await?;
-    let mut kafka = broker.kafka_settings();
-    kafka.producer.remove("message.timeout.ms");
+    let kafka = broker.kafka_settings();
 
     let consumer: StreamConsumer = kafka.consumer_config("probe").create()?;
     consumer.subscribe(&[topic])?;

@@ -261,7 +261,7 @@ fn load_in_child(
     let mut command = clean_command(exe);
     command
         .args([
-            "settings_loader_child",
+            "compose::settings_loader_child",
             "--exact",
             "--nocapture",
             "--test-threads=1",
@@ -364,6 +364,15 @@ fn check_compose() -> anyhow::Result<Checked> {
     // Infrastructure: the names the settings must point at.
     for name in ["kafka", "kafka-init", "redis", "lb"] {
         ensure!(services.contains_key(name), "no service {name}");
+    }
+    // The broker the tests run is the broker the stack runs.
+    let pinned = format!("apache/kafka:{}", replyway_tests::kafka_version());
+    for name in ["kafka", "kafka-init"] {
+        let image = services[name].get("image").map(scalar).transpose()?;
+        ensure!(
+            image.as_deref() == Some(pinned.as_str()),
+            "{name}: image {image:?}, but the tests run {pinned} (scripts/kafka/pom.xml): move both together"
+        );
     }
     let kafka_env = services["kafka"].environment()?;
     let advertised = kafka_env
@@ -513,7 +522,7 @@ fn check_compose() -> anyhow::Result<Checked> {
             "{context}: kafka.brokers = {} is not kafka's advertised listener {advertised}",
             kafka.brokers
         );
-        // Apache Kafka: none of the tansu workarounds.
+        // The product's client defaults, as every test runs them.
         ensure!(
             kafka
                 .producer
@@ -523,7 +532,7 @@ fn check_compose() -> anyhow::Result<Checked> {
         );
         ensure!(
             !kafka.consumer.contains_key("fetch.wait.max.ms"),
-            "{context}: fetch.wait.max.ms is a tansu workaround"
+            "{context}: fetch.wait.max.ms overrides the product default"
         );
         if let Some(redis) = json.get("redis") {
             let redis: replyway_shared::settings::RedisSettings = typed(name, redis)?;
@@ -752,29 +761,6 @@ fn start_service(service: &Service, extra: &BTreeMap<String, String>) -> anyhow:
     })
 }
 
-/// The tansu workarounds (`Broker::kafka_settings`), as environment
-/// variables: librdkafka's property names have dots, which a variable name
-/// cannot carry through the loader's `__` nesting, so each map is one
-/// variable holding an inline table.
-fn tansu_environment(broker: &Broker) -> BTreeMap<String, String> {
-    let kafka = broker.kafka_settings();
-    let table = |map: &BTreeMap<String, String>| {
-        let entries: Vec<String> = map.iter().map(|(k, v)| format!("{k:?}={v:?}")).collect();
-        format!("{{{}}}", entries.join(","))
-    };
-    BTreeMap::from([
-        ("REPLYWAY_KAFKA__BROKERS".to_owned(), kafka.brokers.clone()),
-        (
-            "REPLYWAY_KAFKA__CONSUMER".to_owned(),
-            table(&kafka.consumer),
-        ),
-        (
-            "REPLYWAY_KAFKA__PRODUCER".to_owned(),
-            table(&kafka.producer),
-        ),
-    ])
-}
-
 async fn get_ok(http: &reqwest::Client, url: &str) -> bool {
     http.get(url)
         .send()
@@ -786,25 +772,17 @@ async fn get_ok(http: &reqwest::Client, url: &str) -> bool {
 async fn compose_commands_serve_requests_end_to_end() -> TestResult {
     init_logs();
     let checked = check_compose()?;
-    let broker = Broker::start()?;
+    let broker = Broker::shared();
     let redis = RedisServer::start()?;
     let topics: Vec<&str> = checked.topics.iter().map(String::as_str).collect();
     broker.create_topics(&topics, checked.partitions).await?;
 
     // The compose environment, with the test's broker and Redis for the
     // compose services, and local ports for the ones the gateway listens on.
-    let mut common = tansu_environment(&broker);
-    common.insert("REPLYWAY_REDIS__URL".into(), redis.url());
-    // The tansu workarounds must reach the binaries through the loader.
-    let loaded = load_in_child("echo", None, &common)?
-        .map_err(|e| anyhow::anyhow!("the tansu variables do not load: {e}"))?;
-    let kafka: replyway_shared::settings::KafkaSettings =
-        serde_json::from_value(loaded["kafka"].clone())?;
-    ensure!(
-        kafka.consumer.get("fetch.wait.max.ms").map(String::as_str) == Some("1")
-            && kafka.producer.get("enable.idempotence").map(String::as_str) == Some("false"),
-        "the tansu variables were not applied: {kafka:?}"
-    );
+    let common = BTreeMap::from([
+        ("REPLYWAY_KAFKA__BROKERS".to_owned(), broker.bootstrap()),
+        ("REPLYWAY_REDIS__URL".to_owned(), redis.url()),
+    ]);
 
     let api = format!("127.0.0.1:{}", free_port());
     let gateway_admin = format!("127.0.0.1:{}", free_port());

@@ -12,7 +12,7 @@ use rdkafka::Message;
 use rdkafka::message::Headers;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use replyway_tests::{ECHO_TOPIC, REPLY_TOPIC, Stack, StackOptions, produce};
+use replyway_tests::{BrokerChoice, Stack, StackOptions, produce};
 
 type TestResult = anyhow::Result<()>;
 
@@ -112,7 +112,7 @@ async fn redis_restart_under_load_loses_no_stored_reply() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_restart_fails_fast_then_recovers_without_restarts() -> TestResult {
     let mut stack = Stack::start(StackOptions {
-        persistent_broker: true,
+        broker: BrokerChoice::Own,
         ..StackOptions::default()
     })
     .await?;
@@ -144,81 +144,12 @@ async fn broker_restart_fails_fast_then_recovers_without_restarts() -> TestResul
             "gateway, collector and service did not recover after the broker came back: last answer {} {}; records: requests {:?}, replies {:?}; stored {}\nbroker log:\n{}",
             last.status(),
             last.text().await?,
-            stack.broker.record_count(ECHO_TOPIC),
-            stack.broker.record_count(REPLY_TOPIC),
+            stack.broker.record_count(&stack.echo_topic),
+            stack.broker.record_count(&stack.reply_topic),
             stack.collector_stats.stored.load(Ordering::Relaxed),
             stack.broker.log()
         );
     }
-    stack.shutdown().await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_killed_collector_loses_no_reply() -> TestResult {
-    let mut stack = Stack::start(StackOptions {
-        collectors: 2,
-        processes: true,
-        collector: |c| {
-            c.kafka
-                .consumer
-                .insert("session.timeout.ms".into(), "6000".into());
-            c.kafka
-                .consumer
-                .insert("heartbeat.interval.ms".into(), "500".into());
-        },
-        ..StackOptions::default()
-    })
-    .await?;
-    let mut ids = Vec::new();
-    for n in 0..300 {
-        if n == 100 {
-            // The second collector to join: tansu 0.6 evicts a dead member at its
-            // session timeout but leaves a dead group leader's partitions
-            // unassigned (Apache Kafka reassigns either).
-            stack.collectors[1].process().signal("KILL")?;
-        }
-        let body = format!("async-{n}");
-        let r = stack
-            .http
-            .post(stack.url(0, "/echo"))
-            .header("prefer", "respond-async")
-            .body(body.clone())
-            .send()
-            .await?;
-        assert_eq!(r.status(), 202);
-        ids.push((r.headers()["correlation-id"].to_str()?.to_owned(), body));
-    }
-    // Once the broker has evicted the dead member (session timeout), start a
-    // replacement, as an orchestrator would.
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    let replacement =
-        replyway_tests::Proc::spawn("replyway-collector", &stack.collector_settings, None)?;
-    stack
-        .collectors
-        .push(replyway_tests::Node::Process(replacement));
-    let fetched = join_all(ids.iter().map(|(id, body)| {
-        let (http, url) = (
-            stack.http.clone(),
-            stack.url(0, &format!("/v1/replies/{id}")),
-        );
-        async move {
-            let r = http.get(url).header("prefer", "wait=30").send().await?;
-            anyhow::Ok((r.status().as_u16(), r.text().await?, body.clone()))
-        }
-    }))
-    .await;
-    for result in fetched {
-        let (status, text, body) = result?;
-        assert_eq!(
-            status,
-            200,
-            "reply for {body} never stored; survivor's log:\n{}\nbroker log:\n{}",
-            stack.collectors[0].process().log(),
-            stack.broker.log()
-        );
-        assert_eq!(text, body);
-    }
-    stack.collectors.remove(1);
     stack.shutdown().await
 }
 
@@ -260,7 +191,7 @@ async fn a_killed_gateways_replies_are_fetchable_from_another() -> TestResult {
     assert_eq!(other.status(), 200);
     // Find the killed requests' ids in the request topic, fetch their replies.
     let records = stack
-        .read_topic(ECHO_TOPIC, Duration::from_secs(20), |r| {
+        .read_topic(&stack.echo_topic, Duration::from_secs(20), |r| {
             r.iter()
                 .filter(|m| request_id(m).is_some_and(|v| v.starts_with("killed-")))
                 .count()
@@ -298,7 +229,7 @@ fn request_id(message: &rdkafka::message::OwnedMessage) -> Option<String> {
 async fn first_duplicate_reply_wins_and_malformed_replies_are_dead_lettered() -> TestResult {
     let stack = Stack::start(StackOptions {
         gateways: 2,
-        dead_letter_topic: Some("replyway.dead-letters".into()),
+        dead_letters: true,
         collector: |c| c.max_reply_bytes = 1024,
         ..StackOptions::default()
     })
@@ -307,7 +238,7 @@ async fn first_duplicate_reply_wins_and_malformed_replies_are_dead_lettered() ->
     let id = "dup-1";
     produce(
         &producer,
-        REPLY_TOPIC,
+        &stack.reply_topic,
         Some(id),
         &[("correlation-id", id), ("status", "201")],
         b"first",
@@ -315,16 +246,23 @@ async fn first_duplicate_reply_wins_and_malformed_replies_are_dead_lettered() ->
     .await?;
     produce(
         &producer,
-        REPLY_TOPIC,
+        &stack.reply_topic,
         Some(id),
         &[("correlation-id", id), ("status", "500")],
         b"second",
     )
     .await?;
-    produce(&producer, REPLY_TOPIC, None, &[("status", "200")], b"no id").await?;
     produce(
         &producer,
-        REPLY_TOPIC,
+        &stack.reply_topic,
+        None,
+        &[("status", "200")],
+        b"no id",
+    )
+    .await?;
+    produce(
+        &producer,
+        &stack.reply_topic,
         Some("bad-status"),
         &[("correlation-id", "bad-status"), ("status", "OK")],
         b"bad",
@@ -332,7 +270,7 @@ async fn first_duplicate_reply_wins_and_malformed_replies_are_dead_lettered() ->
     .await?;
     produce(
         &producer,
-        REPLY_TOPIC,
+        &stack.reply_topic,
         Some("too-big"),
         &[("correlation-id", "too-big")],
         &[b'x'; 2048],
@@ -340,9 +278,11 @@ async fn first_duplicate_reply_wins_and_malformed_replies_are_dead_lettered() ->
     .await?;
 
     let dead = stack
-        .read_topic("replyway.dead-letters", Duration::from_secs(20), |r| {
-            r.len() >= 3
-        })
+        .read_topic(
+            stack.dead_letter_topic.as_deref().unwrap_or_default(),
+            Duration::from_secs(20),
+            |r| r.len() >= 3,
+        )
         .await?;
     let mut reasons: Vec<String> = dead
         .iter()
@@ -369,8 +309,9 @@ async fn first_duplicate_reply_wins_and_malformed_replies_are_dead_lettered() ->
         "the dead letter keeps the value"
     );
     assert!(too_big.headers().is_some_and(|h| {
-        h.iter()
-            .any(|h| h.key == "replyway-source-topic" && h.value == Some(REPLY_TOPIC.as_bytes()))
+        h.iter().any(|h| {
+            h.key == "replyway-source-topic" && h.value == Some(stack.reply_topic.as_bytes())
+        })
     }));
 
     for gateway in 0..2 {

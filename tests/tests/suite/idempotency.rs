@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 
-use replyway_tests::{ECHO_TOPIC, Stack, StackOptions};
+use replyway_tests::{Stack, StackOptions};
 
 type TestResult = anyhow::Result<()>;
 
@@ -39,7 +39,7 @@ async fn a_retry_gets_the_same_reply_and_produces_nothing() -> TestResult {
         ..StackOptions::default()
     })
     .await?;
-    let before = stack.broker.record_count(ECHO_TOPIC)?;
+    let before = stack.broker.record_count(&stack.echo_topic)?;
     let (status, id, body) = post(&stack, 0, "order-1", r#"{"n":1}"#).await?;
     assert_eq!((status, body.as_str()), (200, r#"{"n":1}"#));
     // The retry, on the other replica.
@@ -47,7 +47,7 @@ async fn a_retry_gets_the_same_reply_and_produces_nothing() -> TestResult {
     assert_eq!((status, body.as_str()), (200, r#"{"n":1}"#));
     assert_eq!(retry_id, id);
     assert_eq!(
-        stack.broker.record_count(ECHO_TOPIC)? - before,
+        stack.broker.record_count(&stack.echo_topic)? - before,
         1,
         "the retry was produced again"
     );
@@ -60,7 +60,7 @@ async fn a_retry_gets_the_same_reply_and_produces_nothing() -> TestResult {
     let (status, other_id, _) = post(&stack, 0, "order-2", r#"{"n":1}"#).await?;
     assert_eq!(status, 200);
     assert_ne!(other_id, id);
-    assert_eq!(stack.broker.record_count(ECHO_TOPIC)? - before, 2);
+    assert_eq!(stack.broker.record_count(&stack.echo_topic)? - before, 2);
 
     // Malformed keys.
     for bad in ["\"unterminated", "\"\"", &"k".repeat(300)] {
@@ -83,7 +83,7 @@ async fn concurrent_first_requests_on_two_replicas_produce_one_command() -> Test
         ..StackOptions::default()
     })
     .await?;
-    let before = stack.broker.record_count(ECHO_TOPIC)?;
+    let before = stack.broker.record_count(&stack.echo_topic)?;
     let body = r#"{"sleep_ms":700,"transfer":"a->b"}"#;
     let results = join_all((0..10).map(|i| post(&stack, i % 2, "transfer-77", body))).await;
     let mut ids = HashSet::new();
@@ -101,7 +101,7 @@ async fn concurrent_first_requests_on_two_replicas_produce_one_command() -> Test
     // Give a stray second command time to show up before counting.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        stack.broker.record_count(ECHO_TOPIC)? - before,
+        stack.broker.record_count(&stack.echo_topic)? - before,
         1,
         "more than one command produced"
     );

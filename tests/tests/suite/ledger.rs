@@ -18,21 +18,29 @@ use replyway_gateway::routes::RouteConfig;
 use replyway_shared::Request;
 use replyway_shared::record::new_correlation_id;
 use replyway_shared::settings::RedisSettings;
-use replyway_tests::{REPLY_TOPIC, RedisServer, Stack, StackOptions, eventually, free_port};
+use replyway_tests::{RedisServer, Stack, StackOptions, eventually, free_port};
 
 type TestResult = anyhow::Result<()>;
 
-const REQUESTS: &str = "ledger.requests";
-const EVENTS: &str = "ledger.events";
+/// The ledger's request topic of the stack with key prefix `prefix`.
+fn requests_topic(prefix: &str) -> String {
+    format!("{prefix}.ledger.requests")
+}
+
+/// The ledger's event topic of the stack with key prefix `prefix`.
+fn events_topic(prefix: &str) -> String {
+    format!("{prefix}.ledger.events")
+}
 const CLIENT_HEADER: &str = "x-client-id";
 
 /// The gateway settings of `config/local/gateway.toml` for the ledger.
 fn ledger_gateway(g: &mut replyway_gateway::Settings) {
     g.client_id_header = Some(CLIENT_HEADER.into());
+    let topic = requests_topic(&g.redis.prefix);
     let route = |method: &str, path: &str, key: &str| RouteConfig {
         method: method.into(),
         path: path.into(),
-        topic: REQUESTS.into(),
+        topic: topic.clone(),
         key: key.into(),
         timeout: Duration::from_secs(10),
         body_limit: 4096,
@@ -63,10 +71,13 @@ impl LedgerStack {
             ..StackOptions::default()
         })
         .await?;
-        stack.broker.create_topics(&[REQUESTS, EVENTS], 3).await?;
+        let (requests, events) = (requests_topic(&stack.prefix), events_topic(&stack.prefix));
+        stack.broker.create_topics(&[&requests, &events], 3).await?;
         let prefix = format!("{}-ledger", stack.prefix);
         let settings = replyway_ledger::Settings {
             group_id: format!("{}-ledger", stack.prefix),
+            topics: vec![requests],
+            events_topic: events,
             accounts: BTreeMap::from([
                 ("alice".into(), 10_000),
                 ("bob".into(), 500),
@@ -315,7 +326,7 @@ async fn transfers_answer_balances_problems_and_emit_events() -> TestResult {
 
     // Events were produced before the replies: two per transfer that moved
     // money, none for the refused ones.
-    let events = read_all(&ledger.stack, EVENTS, 4).await?;
+    let events = read_all(&ledger.stack, &events_topic(&ledger.stack.prefix), 4).await?;
     assert_eq!(events.len(), 4);
     let mut seen = BTreeMap::new();
     for event in &events {
@@ -379,7 +390,7 @@ async fn a_redelivered_transfer_moves_money_once() -> TestResult {
     let ledger = LedgerStack::start(None).await?;
     let id = new_correlation_id();
     let command = |body: &str| {
-        let mut request = Request::new(REPLY_TOPIC, body.to_owned());
+        let mut request = Request::new(&ledger.stack.reply_topic, body.to_owned());
         request.correlation_id = id.clone();
         request.method = Some("POST".into());
         request.path = Some("/ledger/transfers".into());
@@ -388,10 +399,11 @@ async fn a_redelivered_transfer_moves_money_once() -> TestResult {
         request
     };
     let producer = ledger.stack.broker.producer()?;
+    let requests = requests_topic(&ledger.stack.prefix);
     let send = |request: Request| {
-        let producer = producer.clone();
+        let (producer, requests) = (producer.clone(), requests.clone());
         async move {
-            let record = FutureRecord::to(REQUESTS)
+            let record = FutureRecord::to(&requests)
                 .key(&request.correlation_id)
                 .payload(&request.body[..])
                 .headers(request.record_headers());
@@ -414,7 +426,7 @@ async fn a_redelivered_transfer_moves_money_once() -> TestResult {
     };
     let replies = ledger
         .stack
-        .read_topic(REPLY_TOPIC, Duration::from_secs(60), |r| {
+        .read_topic(&ledger.stack.reply_topic, Duration::from_secs(60), |r| {
             replies_to(r).len() >= 2
         })
         .await?;
@@ -446,7 +458,7 @@ async fn a_redelivered_transfer_moves_money_once() -> TestResult {
 
     // Every event of the transfer says the same: a consumer that dedupes by
     // transfer id sees one change per account.
-    let events = read_all(&ledger.stack, EVENTS, 2).await?;
+    let events = read_all(&ledger.stack, &events_topic(&ledger.stack.prefix), 2).await?;
     assert!(
         events.len() == 2 || events.len() == 4,
         "{} events",
@@ -486,7 +498,7 @@ async fn a_redelivered_transfer_moves_money_once() -> TestResult {
     send(command(r#"{"from":"alice","to":"bob","amount":1}"#)).await?;
     let replies = ledger
         .stack
-        .read_topic(REPLY_TOPIC, Duration::from_secs(60), |r| {
+        .read_topic(&ledger.stack.reply_topic, Duration::from_secs(60), |r| {
             replies_to(r).len() >= 3
         })
         .await?;
@@ -540,7 +552,7 @@ async fn concurrent_transfers_never_overdraw() -> TestResult {
     assert_eq!(ledger.balance("dave").await?, 1000 - paid);
     assert_eq!(ledger.balance("alice").await?, 10_000 + paid);
     // Two events per transfer that moved money, each balance once.
-    let events = read_all(&ledger.stack, EVENTS, 12).await?;
+    let events = read_all(&ledger.stack, &events_topic(&ledger.stack.prefix), 12).await?;
     assert_eq!(events.len(), 12);
     let mut dave_events: Vec<u64> = events
         .iter()

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use replyway_tests::{REPLY_TOPIC, Stack, StackOptions, eventually, produce};
+use replyway_tests::{Stack, StackOptions, eventually, produce};
 
 type TestResult = anyhow::Result<()>;
 
@@ -74,7 +74,14 @@ async fn gateway_and_collector_metrics_count_what_happened() -> TestResult {
     }
     // A malformed reply, counted by reason.
     let producer = stack.broker.producer()?;
-    produce(&producer, REPLY_TOPIC, None, &[("status", "200")], b"no id").await?;
+    produce(
+        &producer,
+        &stack.reply_topic,
+        None,
+        &[("status", "200")],
+        b"no id",
+    )
+    .await?;
 
     let late = eventually(Duration::from_secs(10), || async {
         let text = scrape(&stack, &gateway).await.unwrap_or_default();
@@ -152,7 +159,7 @@ async fn gateway_and_collector_metrics_count_what_happened() -> TestResult {
             r#"replyway_collector_replies_malformed_total{reason="missing_correlation_id"}"#,
         ) == Some(1.0)
             // Lag of the assigned partitions librdkafka knows a position of.
-            && text.contains(r#"replyway_collector_consumer_lag{topic="replyway.replies",partition=""#)
+            && text.contains(&format!(r#"replyway_collector_consumer_lag{{topic="{}",partition=""#, stack.reply_topic))
             && sample(&text, "replyway_collector_kafka_brokers_up").unwrap_or(0.0) >= 1.0
     })
     .await;
@@ -255,15 +262,15 @@ fn trace_of(
 }
 
 /// The command and the reply record of correlation id `id`.
-async fn records_of(
-    stack: &Stack,
-    id: &str,
+async fn records_of<'a>(
+    stack: &'a Stack,
+    id: &'a str,
 ) -> anyhow::Result<(
     rdkafka::message::OwnedMessage,
     rdkafka::message::OwnedMessage,
 )> {
     use rdkafka::message::Message;
-    let find = |topic: &'static str| async move {
+    let find = |topic: &'a str| async move {
         let records = stack
             .read_topic(topic, Duration::from_secs(20), |r| {
                 r.iter().any(|m| m.key() == Some(id.as_bytes()))
@@ -275,8 +282,8 @@ async fn records_of(
             .ok_or_else(|| anyhow::anyhow!("no record of {id} on {topic}"))
     };
     Ok((
-        find(replyway_tests::ECHO_TOPIC).await?,
-        find(REPLY_TOPIC).await?,
+        find(&stack.echo_topic).await?,
+        find(&stack.reply_topic).await?,
     ))
 }
 

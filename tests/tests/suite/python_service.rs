@@ -20,12 +20,15 @@ use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
 use replyway_gateway::routes::RouteConfig;
-use replyway_tests::{REPLY_TOPIC, Stack, StackOptions, eventually, produce};
+use replyway_tests::{Stack, StackOptions, eventually, produce};
 
 type TestResult = anyhow::Result<()>;
 
 /// Request topic of the Python service.
-const PY_TOPIC: &str = "py.requests";
+/// The Python service's topic of the stack with key prefix `prefix`.
+fn py_topic(prefix: &str) -> String {
+    format!("{prefix}.py.requests")
+}
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -57,7 +60,7 @@ fn python_route(settings: &mut replyway_gateway::Settings) {
     let route: RouteConfig = serde_json::from_value(json!({
         "method": "POST",
         "path": "/greet/{lang}",
-        "topic": PY_TOPIC,
+        "topic": py_topic(&settings.redis.prefix),
         "timeout": "20s",
         "body_limit": 64 * 1024,
         "forward_headers": ["x-request-id"],
@@ -82,12 +85,8 @@ impl PythonService {
         let mut child = Command::new(&python)
             .arg(workspace_root().join("examples/python/greeter.py"))
             .args(["--bootstrap-servers", &stack.broker.bootstrap()])
-            .args(["--topic", PY_TOPIC])
+            .args(["--topic", &py_topic(&stack.prefix)])
             .args(["--group-id", &format!("{}-python", stack.prefix)])
-            // tansu answers a fetch only when fetch.wait.max.ms runs out, and
-            // mishandles idempotent producers.
-            .args(["--consumer-prop", "fetch.wait.max.ms=1"])
-            .args(["--producer-prop", "enable.idempotence=false"])
             .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -163,7 +162,10 @@ async fn start() -> anyhow::Result<(Stack, PythonService)> {
         ..StackOptions::default()
     })
     .await?;
-    stack.broker.create_topics(&[PY_TOPIC], 3).await?;
+    stack
+        .broker
+        .create_topics(&[&py_topic(&stack.prefix)], 3)
+        .await?;
     let service = PythonService::start(&stack).await?;
     Ok((stack, service))
 }
@@ -203,7 +205,14 @@ async fn python_service_answers_a_greeting_through_the_record_contract() -> Test
     // A record that is no command (no correlation-id, no reply-to) is skipped
     // and does not stop the service.
     let producer = stack.broker.producer()?;
-    produce(&producer, PY_TOPIC, None, &[], br#"{"name":"nobody"}"#).await?;
+    produce(
+        &producer,
+        &py_topic(&stack.prefix),
+        None,
+        &[],
+        br#"{"name":"nobody"}"#,
+    )
+    .await?;
 
     let response = stack
         .http
@@ -235,7 +244,7 @@ async fn python_service_answers_a_greeting_through_the_record_contract() -> Test
 
     // The reply record as Python produced it: key and headers of the contract.
     let replies = stack
-        .read_topic(REPLY_TOPIC, Duration::from_secs(20), |r| {
+        .read_topic(&stack.reply_topic, Duration::from_secs(20), |r| {
             r.iter()
                 .any(|m| record_header(m, "correlation-id").as_deref() == Some(&id))
         })

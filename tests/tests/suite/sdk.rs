@@ -20,7 +20,7 @@ use replyway_shared::record::{header, unix_millis};
 use replyway_shared::requester::{Fetched, Requester, RequesterError, RequesterOptions};
 use replyway_shared::responder::{HandlerError, Responder};
 use replyway_shared::{Reply, Request};
-use replyway_tests::{Broker, ECHO_TOPIC, REPLY_TOPIC, Stack, StackOptions, produce};
+use replyway_tests::{Broker, Stack, StackOptions, produce};
 
 type TestResult = anyhow::Result<()>;
 
@@ -43,19 +43,20 @@ async fn live(requester: &Requester) -> bool {
 async fn two_requester_instances_each_receive_exactly_their_own_replies() -> TestResult {
     let stack = Stack::start(StackOptions::default()).await?;
     let instances = [
-        requester(&stack, RequesterOptions::new(REPLY_TOPIC))?,
-        requester(&stack, RequesterOptions::new(REPLY_TOPIC))?,
+        requester(&stack, RequesterOptions::new(&stack.reply_topic))?,
+        requester(&stack, RequesterOptions::new(&stack.reply_topic))?,
     ];
     assert_ne!(instances[0].node_id(), instances[1].node_id());
     for instance in &instances {
         assert!(live(instance).await, "subscription never came up");
     }
+    let echo_topic = &stack.echo_topic;
     let calls = (0..400).map(|n| {
         let instance = instances[n % 2].clone();
         async move {
             let sent = json!({ "instance": n % 2, "n": n }).to_string();
             let reply = instance
-                .request(ECHO_TOPIC, sent.clone(), Duration::from_secs(10))
+                .request(echo_topic, sent.clone(), Duration::from_secs(10))
                 .await?;
             anyhow::Ok((n, sent, reply))
         }
@@ -81,7 +82,7 @@ async fn two_requester_instances_each_receive_exactly_their_own_replies() -> Tes
         instance.stop().await;
     }
     let stopped = instances[0]
-        .request(ECHO_TOPIC, "late", Duration::from_secs(1))
+        .request(&stack.echo_topic, "late", Duration::from_secs(1))
         .await;
     assert!(
         matches!(stopped, Err(RequesterError::Stopped)),
@@ -96,7 +97,7 @@ async fn requester_times_out_then_fetches_the_late_reply_and_is_bounded() -> Tes
     stack.broker.create_topics(&[NOBODY_TOPIC], 1).await?;
     let options = RequesterOptions {
         max_waiting: 1,
-        ..RequesterOptions::new(REPLY_TOPIC)
+        ..RequesterOptions::new(&stack.reply_topic)
     };
     let requester = requester(&stack, options)?;
     assert!(live(&requester).await);
@@ -141,7 +142,7 @@ async fn requester_times_out_then_fetches_the_late_reply_and_is_bounded() -> Tes
         .map(Request::from_message)
         .find(|r| r.as_ref().is_ok_and(|r| r.correlation_id == correlation_id))
         .expect("the timed-out command was produced")?;
-    assert_eq!(command.reply_to, REPLY_TOPIC);
+    assert_eq!(command.reply_to, stack.reply_topic);
     assert_eq!(&command.body[..], b"anyone?");
     assert!(command.deadline.is_some());
 
@@ -149,7 +150,7 @@ async fn requester_times_out_then_fetches_the_late_reply_and_is_bounded() -> Tes
     let producer = stack.broker.producer()?;
     produce(
         &producer,
-        REPLY_TOPIC,
+        &stack.reply_topic,
         Some(&correlation_id),
         &[("status", "202")],
         b"late but here",
@@ -291,7 +292,7 @@ async fn spring_sendto_listener_serves_a_route_that_opts_in() -> TestResult {
         .await?;
     let id = response.headers()["correlation-id"].to_str()?.to_owned();
     let records = stack
-        .read_topic(ECHO_TOPIC, Duration::from_secs(20), |records| {
+        .read_topic(&stack.echo_topic, Duration::from_secs(20), |records| {
             records.iter().any(|m| m.key() == Some(id.as_bytes()))
         })
         .await?;
@@ -334,7 +335,7 @@ async fn replies(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn responder_skips_expired_answers_failures_bounds_concurrency_and_drains() -> TestResult {
     replyway_tests::init_logs();
-    let broker = Broker::start()?;
+    let broker = Broker::shared();
     broker
         .create_topics(&["svc.requests", "svc.replies"], 2)
         .await?;
@@ -405,7 +406,7 @@ async fn responder_skips_expired_answers_failures_bounds_concurrency_and_drains(
         request.traceparent = Some(format!("00-{:032x}-{:016x}-01", n + 1, n + 1));
         ids.push((n, send(request).await?));
     }
-    let got = replies(&broker, "svc.replies", 12).await?;
+    let got = replies(broker, "svc.replies", 12).await?;
     let by_id: std::collections::HashMap<_, _> = got.into_iter().collect();
     assert!(
         !by_id.contains_key(&expired_id),
@@ -458,7 +459,7 @@ async fn responder_skips_expired_answers_failures_bounds_concurrency_and_drains(
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(15), serving).await???;
     assert_eq!(stats.replied.load(Ordering::Relaxed), 13);
-    let all = replies(&broker, "svc.replies", 13).await?;
+    let all = replies(broker, "svc.replies", 13).await?;
     assert!(
         all.iter()
             .any(|(id, r)| *id == last_id && r.body == "in flight at shutdown"),
@@ -473,7 +474,7 @@ async fn risk_scoring_example_two_processes_each_get_their_own_scores() -> TestR
     let settings = replyway_risk_scoring::Settings {
         kyc_topic: "kyc.requests".into(),
         kyc_group_id: format!("{}-kyc", stack.prefix),
-        reply_topic: REPLY_TOPIC.into(),
+        reply_topic: stack.reply_topic.clone(),
         customers: 150,
         concurrency: 32,
         timeout: Duration::from_secs(10),
@@ -519,7 +520,7 @@ async fn risk_scoring_example_two_processes_each_get_their_own_scores() -> TestR
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_command_left_for_redelivery_is_served_after_a_restart() -> TestResult {
     replyway_tests::init_logs();
-    let broker = Broker::start()?;
+    let broker = Broker::shared();
     broker
         .create_topics(&["rd.requests", "rd.replies"], 1)
         .await?;
@@ -578,7 +579,7 @@ async fn a_command_left_for_redelivery_is_served_after_a_restart() -> TestResult
         },
         stop.clone(),
     ));
-    let got = replies(&broker, "rd.replies", 1).await?;
+    let got = replies(broker, "rd.replies", 1).await?;
     assert_eq!(got[0].0, command.correlation_id);
     assert_eq!(got[0].1.body, "pay once");
     stop.cancel();

@@ -9,17 +9,16 @@ use rdkafka::message::Headers;
 
 use replyway_shared::correlation::Signer;
 use replyway_shared::requester::{Requester, RequesterOptions};
-use replyway_tests::{ECHO_TOPIC, REPLY_TOPIC, Stack, StackOptions, eventually, produce};
+use replyway_tests::{Stack, StackOptions, eventually, produce};
 
 type TestResult = anyhow::Result<()>;
 
 const SECRET: &str = "correlation secret of the test deployment, 32+ bytes";
-const DEAD_LETTERS: &str = "replyway.dead-letters";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn only_replies_to_ids_this_deployment_issued_are_stored() -> TestResult {
     let stack = Stack::start(StackOptions {
-        dead_letter_topic: Some(DEAD_LETTERS.into()),
+        dead_letters: true,
         gateway: |g| g.correlation_secret = Some(SECRET.into()),
         collector: |c| c.correlation_secret = Some(SECRET.into()),
         ..StackOptions::default()
@@ -46,7 +45,14 @@ async fn only_replies_to_ids_this_deployment_issued_are_stored() -> TestResult {
     let forged = format!("{}.{}", &id[..36], "0".repeat(32));
     let producer = stack.broker.producer()?;
     for planted in [&unsigned, &forged] {
-        produce(&producer, REPLY_TOPIC, Some(planted), &[], b"planted").await?;
+        produce(
+            &producer,
+            &stack.reply_topic,
+            Some(planted),
+            &[],
+            b"planted",
+        )
+        .await?;
     }
     let rejected = eventually(Duration::from_secs(15), || async {
         stats.malformed.load(Ordering::Relaxed) >= malformed_before + 2
@@ -54,7 +60,11 @@ async fn only_replies_to_ids_this_deployment_issued_are_stored() -> TestResult {
     .await;
     assert!(rejected, "planted replies were not rejected");
     let letters = stack
-        .read_topic(DEAD_LETTERS, Duration::from_secs(20), |r| r.len() >= 2)
+        .read_topic(
+            stack.dead_letter_topic.as_deref().unwrap_or_default(),
+            Duration::from_secs(20),
+            |r| r.len() >= 2,
+        )
         .await?;
     for letter in &letters {
         let reason = letter
@@ -92,12 +102,12 @@ async fn only_replies_to_ids_this_deployment_issued_are_stored() -> TestResult {
         &stack.gateway_settings.redis,
         RequesterOptions {
             correlation_secret: Some(SECRET.into()),
-            ..RequesterOptions::new(REPLY_TOPIC)
+            ..RequesterOptions::new(&stack.reply_topic)
         },
     )?;
     assert!(eventually(Duration::from_secs(10), || async { requester.is_live() }).await);
     let reply = requester
-        .request(ECHO_TOPIC, "from a service", Duration::from_secs(10))
+        .request(&stack.echo_topic, "from a service", Duration::from_secs(10))
         .await?;
     assert_eq!(&reply.body[..], b"from a service");
     requester.stop().await;
@@ -178,10 +188,10 @@ fn claims(sub: &str, scope: &str, exp_in: i64) -> serde_json::Value {
     json!({ "iss": ISSUER, "aud": AUDIENCE, "sub": sub, "scope": scope, "exp": now + exp_in, "iat": now })
 }
 
-fn route(path: &str, auth: RouteAuth, scopes: &[&str]) -> RouteConfig {
+fn route(topic: &str, path: &str, auth: RouteAuth, scopes: &[&str]) -> RouteConfig {
     RouteConfig {
         path: path.into(),
-        topic: ECHO_TOPIC.into(),
+        topic: topic.into(),
         timeout: Duration::from_secs(10),
         auth,
         scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
@@ -279,17 +289,27 @@ fn secured(
         ..AuthConfig::default()
     };
     settings.routes = vec![
-        route("/secure/key", RouteAuth::ApiKey, &["orders:write"]),
-        route("/secure/jwt", RouteAuth::Jwt, &["orders:write"]),
-        route("/secure/any", RouteAuth::Any, &[]),
-        route("/open", RouteAuth::None, &[]),
+        route(
+            &stack.echo_topic,
+            "/secure/key",
+            RouteAuth::ApiKey,
+            &["orders:write"],
+        ),
+        route(
+            &stack.echo_topic,
+            "/secure/jwt",
+            RouteAuth::Jwt,
+            &["orders:write"],
+        ),
+        route(&stack.echo_topic, "/secure/any", RouteAuth::Any, &[]),
+        route(&stack.echo_topic, "/open", RouteAuth::None, &[]),
         RouteConfig {
             rate_limit: Some(RateLimitConfig {
                 requests: 3,
                 per: Duration::from_secs(60),
                 burst: None,
             }),
-            ..route("/limited", RouteAuth::Any, &[])
+            ..route(&stack.echo_topic, "/limited", RouteAuth::Any, &[])
         },
         RouteConfig {
             rate_limit: Some(RateLimitConfig {
@@ -297,7 +317,7 @@ fn secured(
                 per: Duration::from_secs(60),
                 burst: None,
             }),
-            ..route("/limited-open", RouteAuth::None, &[])
+            ..route(&stack.echo_topic, "/limited-open", RouteAuth::None, &[])
         },
     ];
     Ok(settings)
@@ -345,7 +365,7 @@ async fn routes_let_in_only_who_belongs_and_replies_go_only_to_their_owner() -> 
 
     // The principal reaches the service as client-id.
     let records = stack
-        .read_topic(ECHO_TOPIC, Duration::from_secs(20), |r| {
+        .read_topic(&stack.echo_topic, Duration::from_secs(20), |r| {
             r.iter().any(|m| m.key() == Some(shop_id.as_bytes()))
         })
         .await?;
@@ -748,7 +768,7 @@ async fn secrets_never_reach_logs_metrics_or_help() -> TestResult {
         }),
         ..AuthConfig::default()
     };
-    settings.routes = vec![route("/secure/any", RouteAuth::Any, &[])];
+    settings.routes = vec![route(&stack.echo_topic, "/secure/any", RouteAuth::Any, &[])];
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut gateway =
         replyway_tests::Proc::spawn_with_log("replyway-gateway", &settings, Some(addr), "debug")?;
@@ -824,7 +844,7 @@ async fn path_parameters_cannot_reach_topic_names_or_redis_keys() -> TestResult 
     assert!(keys.iter().all(|k| !k.contains("evil")), "{keys:?}");
     // The command went to the route's own topic; the parameter is only data.
     let records = stack
-        .read_topic(ECHO_TOPIC, Duration::from_secs(20), |r| {
+        .read_topic(&stack.echo_topic, Duration::from_secs(20), |r| {
             r.iter().any(|m| {
                 replyway_shared::Request::from_message(m).is_ok_and(|c| c.correlation_id == id)
             })

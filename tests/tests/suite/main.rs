@@ -1,0 +1,16 @@
+//! Replyway's end-to-end suite, one test binary: real Apache Kafka, real Redis,
+//! real HTTP. Tests that only need topics and groups of their own share the
+//! binary's broker (`Broker::shared`); those that stop or restart a broker
+//! start their own.
+
+mod compose;
+mod faults;
+mod idempotency;
+mod kafka_faults;
+mod ledger;
+mod operations;
+mod python_service;
+mod request_reply;
+mod responders;
+mod sdk;
+mod security;
