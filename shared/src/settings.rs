@@ -79,7 +79,7 @@ pub fn reference<T: Serialize>(defaults: &T) -> String {
          variables REPLYWAY_<KEY> with nested keys joined by __. An unknown or malformed\n\
          setting stops the program, naming it. Tables of librdkafka properties take\n\
          dotted keys: set them in the file, or as an inline table, e.g.\n\
-         REPLYWAY_KAFKA__CONSUMER='{\"fetch.wait.max.ms\"=\"1\"}'. README.md, Configuration,\n\
+         REPLYWAY_KAFKA__CONSUMER='{\"client.rack\"=\"eu-1a\"}'. README.md, Configuration,\n\
          says what each setting means.\n\n",
     );
     for (key, value) in lines {
@@ -254,7 +254,7 @@ impl RedisSettings {
 }
 
 /// How to reach Kafka. Any librdkafka property can be set for the producer and the
-/// consumer (TLS, SASL, `linger.ms`, `fetch.wait.max.ms`, …); they override the
+/// consumer (TLS, SASL, `linger.ms`, `group.protocol`, …); they override the
 /// built-in defaults.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -453,11 +453,11 @@ mod tests {
     #[test]
     fn user_properties_override_defaults() {
         let mut k = KafkaSettings::default();
-        k.consumer.insert("fetch.wait.max.ms".into(), "1".into());
+        k.consumer.insert("client.rack".into(), "eu-1a".into());
         k.consumer
             .insert("auto.offset.reset".into(), "latest".into());
         let c = k.consumer_config("g");
-        assert_eq!(c.get("fetch.wait.max.ms"), Some("1"));
+        assert_eq!(c.get("client.rack"), Some("eu-1a"));
         assert_eq!(c.get("auto.offset.reset"), Some("latest"));
         assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
         assert_eq!(c.get("group.id"), Some("g"));

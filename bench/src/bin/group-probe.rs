@@ -3,10 +3,11 @@
 //! consumers' default `group.protocol` (README, configuration reference).
 //!
 //! For each protocol, on a fresh Apache Kafka broker with its default group
-//! settings and Replyway's consumer settings, a 6-partition topic:
+//! settings and Replyway's consumer settings, a 6-partition topic, each member
+//! a child process:
 //! * join: one member subscribes; time until it owns every partition;
-//! * scale out: a second member (a child process) joins; time until both own
-//!   partitions and together own all;
+//! * scale out: a second member joins; time until both own partitions and
+//!   together own all;
 //! * SIGKILL: the second member is killed; time until the first owns all again
 //!   (the broker must notice that the dead member's session ended);
 //! * leave: a second member joins again and then closes cleanly; time until
@@ -33,8 +34,8 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Run as a group member (used by the probe itself): brokers, group, topic,
-    /// protocol; prints `assigned` once it owns a partition, `closed` after a
-    /// clean close on a line `close` on standard input.
+    /// protocol; prints `owned N` whenever the partitions it owns change, and
+    /// closes cleanly on a line on standard input.
     #[arg(long, num_args = 4, value_names = ["BROKERS", "GROUP", "TOPIC", "PROTOCOL"])]
     member: Option<Vec<String>>,
 }
@@ -54,33 +55,23 @@ fn owned(consumer: &BaseConsumer) -> usize {
     consumer.assignment().map(|a| a.count()).unwrap_or(0)
 }
 
-/// Polls `consumer` (which drives its rebalances) until `done` holds.
-fn poll_until(
-    consumer: &BaseConsumer,
-    within: Duration,
-    mut done: impl FnMut(&BaseConsumer) -> bool,
-) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    while !done(consumer) {
-        ensure!(started.elapsed() < within, "not within {within:?}");
-        let _ = consumer.poll(Duration::from_millis(10));
-    }
-    Ok(started.elapsed())
-}
-
 fn member(args: &[String]) -> anyhow::Result<()> {
     let consumer = consumer(&args[0], &args[1], &args[3])?;
     consumer.subscribe(&[args[2].as_str()])?;
-    poll_until(&consumer, Duration::from_secs(120), |c| owned(c) > 0)?;
-    println!("assigned");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut line = String::new();
         let _ = std::io::stdin().read_line(&mut line);
         let _ = tx.send(());
     });
+    let mut last = usize::MAX;
     while rx.try_recv().is_err() {
         let _ = consumer.poll(Duration::from_millis(10));
+        let now = owned(&consumer);
+        if now != last {
+            println!("owned {now}");
+            last = now;
+        }
     }
     consumer.unsubscribe();
     drop(consumer);
@@ -95,70 +86,79 @@ struct Figures {
     leave: Duration,
 }
 
-fn spawn_member(
-    brokers: &str,
-    group: &str,
-    topic: &str,
-    protocol: &str,
-) -> anyhow::Result<(std::process::Child, BufReader<std::process::ChildStdout>)> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(["--member", brokers, group, topic, protocol])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let stdout = BufReader::new(child.stdout.take().context("the member's stdout")?);
-    Ok((child, stdout))
+/// A group member in a child process, and what it last said it owns.
+struct Member {
+    child: std::process::Child,
+    owned: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
-fn wait_line(stdout: &mut BufReader<std::process::ChildStdout>, want: &str) -> anyhow::Result<()> {
-    let mut line = String::new();
-    while line.trim() != want {
-        line.clear();
-        ensure!(
-            stdout.read_line(&mut line)? > 0,
-            "the member exited before {want}"
-        );
+impl Member {
+    fn spawn(brokers: &str, group: &str, topic: &str, protocol: &str) -> anyhow::Result<Self> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(["--member", brokers, group, topic, protocol])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = BufReader::new(child.stdout.take().context("the member's stdout")?);
+        let owned = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = std::sync::Arc::clone(&owned);
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if let Some(n) = line.strip_prefix("owned ").and_then(|n| n.parse().ok()) {
+                    seen.store(n, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        });
+        Ok(Self { child, owned })
     }
-    Ok(())
+
+    fn owned(&self) -> usize {
+        self.owned.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `done` holds; how long it took.
+fn until(within: Duration, done: impl Fn() -> bool) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    while !done() {
+        ensure!(started.elapsed() < within, "not within {within:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(started.elapsed())
 }
 
 fn round(broker: &Broker, topic: &str, protocol: &str, n: usize) -> anyhow::Result<Figures> {
     let group = format!("probe-{protocol}-{n}");
     let brokers = broker.bootstrap();
     let all = usize::try_from(PARTITIONS)?;
-    let first = consumer(&brokers, &group, protocol)?;
-    let started = Instant::now();
-    first.subscribe(&[topic])?;
-    poll_until(&first, Duration::from_secs(120), |c| owned(c) == all)?;
-    let join = started.elapsed();
-
-    let (mut second, mut out) = spawn_member(&brokers, &group, topic, protocol)?;
-    let started = Instant::now();
-    // The second member says when it owns partitions; the first must give them up.
-    let waiting = std::thread::spawn(move || wait_line(&mut out, "assigned").map(|()| out));
-    poll_until(&first, Duration::from_secs(120), |c| {
-        waiting.is_finished() && owned(c) > 0 && owned(c) < all
-    })?;
-    let scale_out = started.elapsed();
-    drop(
-        waiting
-            .join()
-            .map_err(|_| anyhow::anyhow!("reader panicked"))??,
-    );
-
-    second.kill()?;
-    second.wait()?;
-    let kill = poll_until(&first, Duration::from_secs(180), |c| owned(c) == all)
+    let within = Duration::from_secs(120);
+    let first = Member::spawn(&brokers, &group, topic, protocol)?;
+    let join = until(within, || first.owned() == all).context("join")?;
+    let mut second = Member::spawn(&brokers, &group, topic, protocol)?;
+    let scale_out = until(within, || {
+        second.owned() > 0 && first.owned() > 0 && first.owned() + second.owned() == all
+    })
+    .context("scale out")?;
+    second.child.kill()?;
+    second.child.wait()?;
+    let kill = until(Duration::from_secs(180), || first.owned() == all)
         .context("the survivor never took the killed member's partitions")?;
-
-    let (mut third, mut out) = spawn_member(&brokers, &group, topic, protocol)?;
-    wait_line(&mut out, "assigned")?;
-    poll_until(&first, Duration::from_secs(120), |c| owned(c) < all)?;
-    std::io::Write::write_all(third.stdin.as_mut().context("stdin")?, b"close\n")?;
-    let leave = poll_until(&first, Duration::from_secs(120), |c| owned(c) == all)?;
-    third.wait()?;
-    first.unsubscribe();
+    let mut third = Member::spawn(&brokers, &group, topic, protocol)?;
+    until(within, || {
+        third.owned() > 0 && first.owned() + third.owned() == all
+    })
+    .context("third join")?;
+    std::io::Write::write_all(third.child.stdin.as_mut().context("stdin")?, b"close\n")?;
+    let leave = until(within, || first.owned() == all).context("leave")?;
+    third.child.wait()?;
     Ok(Figures {
         join,
         scale_out,

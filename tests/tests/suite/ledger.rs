@@ -188,8 +188,8 @@ impl LedgerStack {
 /// Every record of `topic`, read from the start by a fresh consumer group:
 /// at least `least`, then until nothing more came for a second.
 ///
-/// (Not `Broker::record_count`: tansu 0.6 reports a partition's high watermark
-/// per record batch, so it undercounts what a batching producer wrote.)
+/// (The ledger may still be producing events when its reply arrives, so the
+/// read goes on until the topic is quiet.)
 async fn read_all(stack: &Stack, topic: &str, least: usize) -> anyhow::Result<Vec<OwnedMessage>> {
     let group = format!("{}-reader-{}", stack.prefix, free_port());
     let consumer: StreamConsumer = stack
