@@ -86,6 +86,14 @@ for _ in $(seq 1 300); do
   sleep 0.1
 done
 curl -fsS "http://${GATEWAY_LISTEN}/readyz" >/dev/null || { echo "the gateway did not become ready; see $RUN_DIR/logs/gateway.log" >&2; exit 1; }
+# Until the demo services have joined their consumer groups, their routes
+# answer 503 no-responders: wait for both to answer.
+for _ in $(seq 1 300); do
+  if curl -fsS -X POST "http://${GATEWAY_LISTEN}/echo" -d ping >/dev/null 2>&1 &&
+    curl -fsS "http://${GATEWAY_LISTEN}/ledger/accounts/alice" >/dev/null 2>&1; then break; fi
+  sleep 0.1
+done
+curl -fsS -X POST "http://${GATEWAY_LISTEN}/echo" -d ping >/dev/null || { echo "the echo service did not answer; see $RUN_DIR/logs/echo.log" >&2; exit 1; }
 
 cat <<EOT
 

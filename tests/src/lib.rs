@@ -145,3 +145,12 @@ where
     }
     false
 }
+
+/// Taken by the tests that load the machine most (a 3-node cluster, a thousand
+/// connections at once) or bound a time that such load would stretch, so that
+/// two of them never run at once on a small machine; the rest of the suite
+/// still runs beside them.
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}

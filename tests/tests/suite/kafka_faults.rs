@@ -91,6 +91,7 @@ async fn assigned_reply_partitions(stack: &Stack, admin: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_surviving_collector_takes_over_a_killed_ones_partitions() -> TestResult {
+    let _heavy = replyway_tests::heavy().await;
     let mut stack = Stack::start(StackOptions {
         collectors: 2,
         processes: true,
@@ -142,6 +143,7 @@ async fn the_surviving_collector_takes_over_a_killed_ones_partitions() -> TestRe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_partition_leader_of_a_three_node_cluster_loses_nothing() -> TestResult {
+    let _heavy = replyway_tests::heavy().await;
     let mut stack = Stack::start(StackOptions {
         broker: BrokerChoice::Cluster(3),
         // Node 1 leads the request and the reply partition.
