@@ -199,7 +199,7 @@ impl Bench {
 
     fn redis_settings(&self, prefix: &str) -> RedisSettings {
         RedisSettings {
-            url: self.redis.url(),
+            url: self.redis.url().into(),
             prefix: prefix.into(),
             ttl: Duration::from_secs(300),
             ..RedisSettings::default()

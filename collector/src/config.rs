@@ -57,9 +57,6 @@ impl replyway_shared::service::ServiceSettings for Settings {
     fn log(&self) -> &LogSettings {
         &self.log
     }
-    fn check(&self) -> Result<(), InvalidSetting> {
-        self.validate()
-    }
 }
 
 impl Settings {
@@ -112,5 +109,26 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let settings = Settings {
+            correlation_secret: Some("correlation secret of 32 bytes or more".into()),
+            redis: RedisSettings {
+                url: "rediss://user:redis-password-0@redis:6380/0".into(),
+                ..RedisSettings::default()
+            },
+            ..Settings::default()
+        };
+        let shown = format!("{settings:?}");
+        for secret in ["redis-password-0", "correlation secret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
     }
 }

@@ -361,25 +361,27 @@ pub const DEAD_LETTER_PARTITION: &str = "replyway-source-partition";
 /// Header of a dead-lettered record: its offset there.
 pub const DEAD_LETTER_OFFSET: &str = "replyway-source-offset";
 
-/// Runs a collector until `shutdown`.
+/// Runs a collector until `shutdown`, binding its admin address itself (for
+/// tests and embedding; the binary binds it in `main`).
 ///
 /// # Errors
-/// As [`Collector::new`] and [`Collector::run`].
+/// As [`Collector::new`] and [`Collector::run`], or when the admin address
+/// cannot be bound.
 pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    Collector::new(settings)?
-        .run_with_admin(&settings.admin_listen, shutdown)
-        .await
+    let collector = Collector::new(settings)?;
+    let admin = replyway_shared::admin::AdminServer::bind(&settings.admin_listen).await?;
+    collector.run_with_admin(admin, shutdown).await
 }
 
 impl Collector {
     /// Runs with the admin port (`/healthz`, `/readyz`, `/metrics`) on
-    /// `admin_listen` (none when empty) until `shutdown`.
+    /// `admin` (none when `None`) until `shutdown`.
     ///
     /// # Errors
-    /// When the admin address cannot be bound, or as [`Collector::run`].
+    /// As [`Collector::run`].
     pub async fn run_with_admin(
         self,
-        admin_listen: &str,
+        admin: Option<tokio::net::TcpListener>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let (registry, readiness) = self.admin();
@@ -390,7 +392,7 @@ impl Collector {
                 async move { readiness.check().await }
             }),
         );
-        let admin = replyway_shared::admin::AdminServer::start(admin_listen, router).await?;
+        let admin = replyway_shared::admin::AdminServer::start(admin, router);
         let result = self.run(shutdown).await;
         admin.stop().await;
         result

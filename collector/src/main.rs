@@ -1,11 +1,12 @@
 //! `replyway-collector`: stores every reply in Redis and notifies the waiting gateway.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::Parser;
 
+use replyway_collector::Collector;
 use replyway_collector::Settings;
+use replyway_shared::admin::AdminServer;
 use replyway_shared::{service, settings};
 
 /// Replyway collector: one consumer group over the reply topics; writes every
@@ -13,7 +14,7 @@ use replyway_shared::{service, settings};
 ///
 /// Settings come from built-in defaults, then the TOML file, then environment
 /// variables REPLYWAY_<SECTION>__<KEY> (e.g. REPLYWAY_REDIS__URL,
-/// REPLYWAY_KAFKA__BROKERS, REPLYWAY_GROUP_ID). See README.md for every setting.
+/// REPLYWAY_KAFKA__BROKERS, REPLYWAY_GROUP_ID). See docs/configuration.md for every setting.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
@@ -23,14 +24,21 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn main() {
     let args: Args = settings::parse_args(&Settings::default());
-    let (settings, telemetry) = service::start::<Settings>(args.config.as_deref(), |_| {});
-    service::serve(
+    let status = service::run(
         "collector",
-        settings,
-        telemetry,
-        |settings, stop| async move { replyway_collector::run(&settings, stop).await },
+        args.config.as_deref(),
+        |_: &mut Settings| {},
+        |settings| {
+            let collector = Collector::new(&settings)?;
+            Ok((collector, settings.admin_listen))
+        },
+        |(collector, admin_listen), stop| async move {
+            let admin = AdminServer::bind(&admin_listen).await?;
+            collector.run_with_admin(admin, stop).await
+        },
     )
-    .await
+    .await;
+    std::process::exit(status)
 }

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """A Replyway backend service in Python, on confluent-kafka alone.
 
-It speaks only the documented record contract (README, "Writing a service: the
-record contract"): it consumes a request topic in a consumer group and produces
-each reply to the topic named by the command's `reply-to` header.
+It speaks only the documented record contract (docs/records.md): it consumes
+a request topic in a consumer group and produces each reply to the topic named
+by the command's `reply-to` header.
 
     POST body {"name": "Ada"}  ->  200 application/json
         {"greeting": "Hello, Ada!", "served_by": "python", "correlation_id": "..."}

@@ -1,5 +1,5 @@
 //! The gateway's settings file: arbitrary text as the TOML file given to
-//! `replyway_shared::settings::load`, then `Settings::validate`. A bad file must
+//! `replyway_shared::settings::load`, then `Settings::route_table`. A bad file must
 //! be an error naming the setting, never a panic.
 //!
 //! `load` reads a path, so each input is written to one file per process (under
@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     };
     std::fs::write(&*FILE, text).expect("cannot write the settings file");
     match load(&Settings::default(), Some(&FILE)) {
-        Ok(settings) => match settings.validate() {
+        Ok(settings) => match settings.route_table() {
             Ok(routes) => {
                 assert_eq!(routes.routes().len(), settings.routes.len());
                 assert!(settings.max_poll_wait < settings.redis.ttl);

@@ -10,6 +10,7 @@ use axum::http::HeaderMap;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
+use subtle::ConstantTimeEq;
 
 use replyway_shared::settings::{InvalidSetting, Secret};
 
@@ -189,10 +190,9 @@ impl Authenticator {
             if !ids.insert(k.id.clone()) {
                 return Err(InvalidSetting::new(at("id"), "is used twice"));
             }
-            let digest = replyway_shared::hex::decode::<32>(&k.sha256.to_ascii_lowercase())
-                .ok_or_else(|| {
-                    InvalidSetting::new(at("sha256"), "must be 64 hex digits (SHA-256 of the key)")
-                })?;
+            let digest = <[u8; 32] as hex::FromHex>::from_hex(&k.sha256).map_err(|_| {
+                InvalidSetting::new(at("sha256"), "must be 64 hex digits (SHA-256 of the key)")
+            })?;
             api_keys.push((
                 digest,
                 Principal {
@@ -396,15 +396,11 @@ impl Authenticator {
         };
         let key = key.ok_or(AuthError::Missing)?;
         let digest: [u8; 32] = sha2::Sha256::digest(key.as_bytes()).into();
-        // Compare every digest in full, whatever matches: no early exit.
+        // Compare every digest in full and in constant time, whatever
+        // matches: no early exit.
         let mut found = None;
         for (stored, principal) in &self.api_keys {
-            let same = stored
-                .iter()
-                .zip(digest.iter())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-            if same {
+            if bool::from(stored.ct_eq(&digest)) {
                 found = Some(principal);
             }
         }
@@ -478,7 +474,7 @@ mod tests {
     use axum::http::HeaderValue;
 
     fn sha(key: &str) -> String {
-        replyway_shared::hex::encode(&sha2::Sha256::digest(key.as_bytes()))
+        hex::encode(sha2::Sha256::digest(key.as_bytes()))
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -533,6 +529,40 @@ mod tests {
             auth.check(RouteAuth::None, &[], &HeaderMap::new()),
             Ok(None)
         );
+    }
+
+    #[test]
+    fn digests_are_read_in_either_case() {
+        let auth = Authenticator::new(&AuthConfig {
+            api_keys: vec![ApiKeyConfig {
+                id: "shop-7".into(),
+                sha256: sha("k-123").to_ascii_uppercase(),
+                scopes: vec![],
+            }],
+            ..AuthConfig::default()
+        })
+        .unwrap();
+        let who = auth.check(
+            RouteAuth::ApiKey,
+            &[],
+            &headers(&[("authorization", "Bearer k-123")]),
+        );
+        assert_eq!(who.unwrap().unwrap().id, "shop-7");
+    }
+
+    #[test]
+    fn gateway_settings_debug_shows_no_secret() {
+        let mut settings = crate::config::Settings::default();
+        settings.redis.url = "redis://:redis-password-0@127.0.0.1:6379".into();
+        settings.correlation_secret = Some("correlation secret of 32 bytes or more".into());
+        settings.auth.jwt = Some(JwtConfig {
+            hs256_secret: Some("hs256 secret of 32 bytes or more!".into()),
+            ..JwtConfig::default()
+        });
+        let shown = format!("{settings:?}");
+        for secret in ["redis-password-0", "correlation secret", "hs256 secret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
     }
 
     #[test]

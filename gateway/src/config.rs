@@ -5,11 +5,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use replyway_shared::correlation::Signer;
+use replyway_shared::exchange::{Node, NodeOptions};
 use replyway_shared::settings::{
-    InvalidSetting, KafkaSettings, LogSettings, RedisSettings, Secret, is_valid_topic,
+    InvalidSetting, KafkaSettings, LogSettings, RedisSettings, Secret,
 };
 
-use crate::auth::RouteAuth;
+use crate::auth::{Authenticator, RouteAuth};
 use crate::routes::{RouteConfig, RouteTable};
 
 /// Everything the gateway is configured with.
@@ -120,8 +121,31 @@ impl replyway_shared::service::ServiceSettings for Settings {
     fn log(&self) -> &LogSettings {
         &self.log
     }
-    fn check(&self) -> Result<(), InvalidSetting> {
-        self.validate().map(|_| ())
+}
+
+/// The gateway's checked configuration, built once at start from its
+/// [`Settings`]: everything a setting can be wrong about has been found out.
+pub struct Config {
+    /// The settings it was built from.
+    pub settings: Settings,
+    /// The routes, free of conflicts.
+    pub routes: RouteTable,
+    /// Checks credentials.
+    pub auth: Authenticator,
+    /// Signs correlation ids, when `correlation_secret` is set.
+    pub signer: Option<Signer>,
+    /// The TLS acceptor, when `tls` is set.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// This node of the correlation (clients connect lazily).
+    pub node: Node,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("settings", &self.settings)
+            .field("node", &self.node)
+            .finish_non_exhaustive()
     }
 }
 
@@ -148,20 +172,44 @@ impl Settings {
         self.produce_timeout + Duration::from_secs(1)
     }
 
-    /// Checks every setting and builds the route table.
+    /// Checks every setting and builds what the gateway runs with: the route
+    /// table, the authenticator (reading JWKS files), the id signer, the TLS
+    /// acceptor (reading certificate and key) and the node's clients.
     ///
     /// # Errors
     /// [`InvalidSetting`] naming the first bad setting.
-    pub fn validate(&self) -> Result<RouteTable, InvalidSetting> {
-        self.redis.validate()?;
-        self.kafka.validate()?;
-        if !is_valid_topic(&self.reply_topic) {
-            return Err(InvalidSetting::new(
-                "reply_topic",
-                "not a legal Kafka topic name",
-            ));
-        }
-        self.signer()?;
+    pub fn build(self) -> Result<Config, InvalidSetting> {
+        let routes = self.route_table()?;
+        let auth = Authenticator::new(&self.auth)?;
+        let signer = self.signer()?;
+        let tls = self.tls.as_ref().map(crate::tls::acceptor).transpose()?;
+        let node = Node::new(
+            &self.kafka,
+            &self.redis,
+            NodeOptions {
+                reply_topic: self.reply_topic.clone(),
+                node_id: self.node_id.clone(),
+                max_waiting: self.max_waiting,
+                produce_timeout: self.produce_timeout,
+            },
+        )?;
+        Ok(Config {
+            settings: self,
+            routes,
+            auth,
+            signer,
+            tls,
+            node,
+        })
+    }
+
+    /// The part of [`Settings::build`] that reads no file and creates no
+    /// client: the gateway's own settings, and the route table checked
+    /// against them.
+    ///
+    /// # Errors
+    /// [`InvalidSetting`] naming the first bad setting.
+    pub fn route_table(&self) -> Result<RouteTable, InvalidSetting> {
         if let Some(name) = &self.client_id_header
             && axum::http::HeaderName::from_bytes(name.as_bytes()).is_err()
         {
@@ -242,10 +290,6 @@ impl Settings {
                     "needs auth.api_keys or auth.jwt configured (and scopes need an auth other than none)",
                 ));
             }
-        }
-        crate::auth::Authenticator::new(&self.auth)?;
-        if let Some(tls) = &self.tls {
-            crate::tls::acceptor(tls)?;
         }
         if !(1024..=1024 * 1024).contains(&self.max_header_bytes) {
             return Err(InvalidSetting::new(

@@ -1,19 +1,22 @@
 //! Routes from the configuration: which HTTP requests become which Kafka commands.
 //!
 //! A path pattern is a `/`-separated list of literal segments and `{name}`
-//! parameters (`/accounts/{account}/transfers`). A route's record key is a template
-//! of literal text, `{correlation_id}` and `{param.<name>}`.
+//! parameters (`/accounts/{account}/transfers`); each route is served by axum's
+//! router (see `app.rs`), where a literal segment takes precedence over a
+//! parameter. A route's record key is a template of literal text,
+//! `{correlation_id}` and `{param.<name>}`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use axum::http::{HeaderName, Method};
-use percent_encoding::percent_decode_str;
+use axum::routing::MethodFilter;
 use serde::{Deserialize, Serialize};
 
 use replyway_shared::settings::{InvalidSetting, is_valid_topic};
 
 use crate::auth::RouteAuth;
+use crate::ratelimit::RateLimitConfig;
 
 /// One route as written in the configuration file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,20 +67,6 @@ pub struct RouteConfig {
     /// once instead of waiting out `timeout`. Unset: not checked.
     #[serde(default)]
     pub responder_group: Option<String>,
-}
-
-/// A route's rate limit: `requests` per `per`, with bursts of up to `burst`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimitConfig {
-    /// Sustained requests per `per`.
-    pub requests: u32,
-    /// The window of `requests`.
-    #[serde(with = "humantime_serde")]
-    pub per: Duration,
-    /// Most requests at once (default `requests`).
-    #[serde(default)]
-    pub burst: Option<u32>,
 }
 
 impl Default for RouteConfig {
@@ -167,7 +156,14 @@ impl Route {
     pub fn from_config(index: usize, c: &RouteConfig) -> Result<Self, InvalidSetting> {
         let at = |field: &str| format!("routes[{index}].{field}");
         let method = Method::from_bytes(c.method.to_ascii_uppercase().as_bytes())
-            .map_err(|_| InvalidSetting::new(at("method"), "not an HTTP method"))?;
+            .ok()
+            .filter(|m| MethodFilter::try_from(m.clone()).is_ok())
+            .ok_or_else(|| {
+                InvalidSetting::new(
+                    at("method"),
+                    "not an HTTP method the gateway routes (GET, POST, PUT, PATCH, DELETE, …)",
+                )
+            })?;
         if !c.path.starts_with('/') {
             return Err(InvalidSetting::new(at("path"), "must start with /"));
         }
@@ -258,34 +254,19 @@ impl Route {
             rate_limit: c
                 .rate_limit
                 .as_ref()
-                .map(|r| rate_limit(&at("rate_limit"), r))
+                .map(|r| r.parse(&at("rate_limit")))
                 .transpose()?,
             pattern,
             key,
         })
     }
 
-    fn matches(&self, path: &str) -> Option<Params> {
-        let mut params = Params::new();
-        let mut segments = path.split('/').skip(1);
-        for expected in &self.pattern {
-            let seg = segments.next()?;
-            match expected {
-                Segment::Literal(lit) => {
-                    if seg != lit {
-                        return None;
-                    }
-                }
-                Segment::Param(name) => {
-                    if seg.is_empty() {
-                        return None;
-                    }
-                    let value = percent_decode_str(seg).decode_utf8().ok()?;
-                    params.insert(name.clone(), value.into_owned());
-                }
-            }
-        }
-        segments.next().is_none().then_some(params)
+    /// The decoded path parameters, by name, from axum's match.
+    pub fn params<'a>(&self, matched: impl IntoIterator<Item = (&'a str, &'a str)>) -> Params {
+        matched
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect()
     }
 
     /// The record key for a request.
@@ -330,31 +311,6 @@ impl Route {
     }
 }
 
-fn rate_limit(
-    at: &str,
-    c: &RateLimitConfig,
-) -> Result<replyway_shared::store::RateLimit, InvalidSetting> {
-    let burst = c.burst.unwrap_or(c.requests);
-    if c.requests == 0 || burst == 0 {
-        return Err(InvalidSetting::new(
-            at,
-            "requests and burst must be at least 1",
-        ));
-    }
-    let interval = c.per / c.requests;
-    if interval < Duration::from_micros(1000) || c.per > Duration::from_secs(86_400) {
-        return Err(InvalidSetting::new(
-            at,
-            "at most 1000 requests per second, over at most a day",
-        ));
-    }
-    Ok(replyway_shared::store::RateLimit {
-        interval,
-        burst,
-        window: c.per,
-    })
-}
-
 fn parse_key(template: &str, names: &HashSet<String>) -> Result<Vec<KeyPart>, String> {
     let mut parts = Vec::new();
     let mut rest = template;
@@ -385,34 +341,74 @@ fn parse_key(template: &str, names: &HashSet<String>) -> Result<Vec<KeyPart>, St
     Ok(parts)
 }
 
-/// The outcome of matching a request against the table.
-#[derive(Debug)]
-pub enum Match<'a> {
-    /// A route matched.
-    Found(&'a Route, Params),
-    /// The path matched routes of other methods.
-    MethodNotAllowed(Vec<Method>),
-    /// Nothing matched.
-    NotFound,
-}
+/// Paths the gateway serves itself: no configured route may take them.
+pub const OWN_PATHS: &[&str] = &["/healthz", "/readyz", "/openapi.json", "/v1/replies/{id}"];
 
-/// All routes, matched in configuration order.
+/// All routes, validated, with no two that axum's router could not tell apart.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
 }
 
 impl RouteTable {
-    /// Validates the configured routes.
+    /// Validates the configured routes and refuses conflicts: the same method
+    /// and path twice, paths that differ only in parameter names
+    /// (`/a/{x}` and `/a/{y}`), or a path of the gateway's own.
     ///
     /// # Errors
-    /// [`InvalidSetting`] naming the first bad route field.
+    /// [`InvalidSetting`] naming the first bad route field, or both routes of a
+    /// conflict.
     pub fn new(configs: &[RouteConfig]) -> Result<Self, InvalidSetting> {
         let routes = configs
             .iter()
             .enumerate()
             .map(|(i, c)| Route::from_config(i, c))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut matcher = matchit::Router::new();
+        // Who holds each path: the gateway, or the first route with it.
+        let mut owners: HashMap<String, String> = HashMap::new();
+        for path in OWN_PATHS {
+            let _ = matcher.insert(*path, ());
+            owners.insert(
+                (*path).to_owned(),
+                format!("the gateway's own endpoint {path}"),
+            );
+        }
+        let mut taken: HashMap<(String, Method), usize> = HashMap::new();
+        for (i, route) in routes.iter().enumerate() {
+            let path = route.path_pattern();
+            let conflict = |with: &str| {
+                InvalidSetting::new(
+                    format!("routes[{i}].path"),
+                    format!("route {:?} conflicts with {with}", route.name),
+                )
+            };
+            if let Some(first) = taken.insert((path.clone(), route.method.clone()), i) {
+                return Err(conflict(&format!(
+                    "route {:?} (routes[{first}]): same method and path",
+                    routes[first].name
+                )));
+            }
+            if owners.contains_key(&path) {
+                if OWN_PATHS.contains(&path.as_str()) {
+                    return Err(conflict(&owners[&path]));
+                }
+                // Another method on a path seen before: one axum route serves both.
+                continue;
+            }
+            match matcher.insert(path.clone(), ()) {
+                Ok(()) => {
+                    owners.insert(path, format!("route {:?} (routes[{i}])", route.name));
+                }
+                Err(matchit::InsertError::Conflict { with }) => {
+                    let holder = owners.get(&with).cloned().unwrap_or(with);
+                    return Err(conflict(&format!(
+                        "{holder}: their paths cannot be told apart"
+                    )));
+                }
+                Err(e) => return Err(conflict(&e.to_string())),
+            }
+        }
         Ok(Self { routes })
     }
 
@@ -421,22 +417,9 @@ impl RouteTable {
         &self.routes
     }
 
-    /// Finds the route for `method` and `path`.
-    pub fn find(&self, method: &Method, path: &str) -> Match<'_> {
-        let mut allowed = Vec::new();
-        for route in &self.routes {
-            if let Some(params) = route.matches(path) {
-                if route.method == method {
-                    return Match::Found(route, params);
-                }
-                allowed.push(route.method.clone());
-            }
-        }
-        if allowed.is_empty() {
-            Match::NotFound
-        } else {
-            Match::MethodNotAllowed(allowed)
-        }
+    /// The route named `name`.
+    pub fn named(&self, name: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.name == name)
     }
 }
 
@@ -459,39 +442,6 @@ mod tests {
     }
 
     #[test]
-    fn matches_literals_and_params() {
-        let table = RouteTable::new(&[
-            config("POST", "/accounts/{account}/transfers", "{param.account}"),
-            config("GET", "/accounts/{account}/transfers", "{correlation_id}"),
-        ])
-        .unwrap();
-        let Match::Found(route, params) = table.find(&Method::POST, "/accounts/a%20b/transfers")
-        else {
-            panic!("no match")
-        };
-        assert_eq!(params["account"], "a b");
-        assert_eq!(route.key("cid", &params), "a b");
-        assert!(
-            matches!(table.find(&Method::GET, "/accounts/x/transfers"), Match::Found(r, _) if r.method == Method::GET)
-        );
-        assert!(
-            matches!(table.find(&Method::DELETE, "/accounts/x/transfers"), Match::MethodNotAllowed(m) if m.len() == 2)
-        );
-        assert!(matches!(
-            table.find(&Method::POST, "/accounts//transfers"),
-            Match::NotFound
-        ));
-        assert!(matches!(
-            table.find(&Method::POST, "/accounts/x/transfers/more"),
-            Match::NotFound
-        ));
-        assert!(matches!(
-            table.find(&Method::POST, "/accounts/x"),
-            Match::NotFound
-        ));
-    }
-
-    #[test]
     fn key_templates() {
         let table = RouteTable::new(&[config(
             "POST",
@@ -499,11 +449,36 @@ mod tests {
             "order-{param.id}/{correlation_id}",
         )])
         .unwrap();
-        let Match::Found(route, params) = table.find(&Method::POST, "/o/7") else {
-            panic!("no match")
-        };
+        let route = &table.routes()[0];
+        let params = route.params([("id", "7")]);
         assert_eq!(route.key("c", &params), "order-7/c");
         assert_eq!(route.forward_headers[0].as_str(), "x-request-id");
+    }
+
+    #[test]
+    fn conflicts_name_both_routes() {
+        let conflict = |routes: &[RouteConfig]| RouteTable::new(routes).unwrap_err();
+        let twice = conflict(&[
+            config("POST", "/o/{id}", "{correlation_id}"),
+            config("POST", "/o/{id}", "{correlation_id}"),
+        ]);
+        assert_eq!(twice.setting, "routes[1].path");
+        assert!(twice.to_string().contains("routes[0]"), "{twice}");
+        let renamed = conflict(&[
+            config("POST", "/o/{id}", "{correlation_id}"),
+            config("GET", "/o/{key}", "{correlation_id}"),
+        ]);
+        assert!(renamed.to_string().contains("POST /o/{id}"), "{renamed}");
+        assert!(renamed.to_string().contains("GET /o/{key}"), "{renamed}");
+        let own = conflict(&[config("GET", "/healthz", "{correlation_id}")]);
+        assert!(own.to_string().contains("own endpoint /healthz"), "{own}");
+        // Two methods on one path, and a literal beside a parameter, are fine.
+        RouteTable::new(&[
+            config("POST", "/o/{id}", "{correlation_id}"),
+            config("GET", "/o/{id}", "{correlation_id}"),
+            config("GET", "/o/new", "{correlation_id}"),
+        ])
+        .unwrap();
     }
 
     #[test]
@@ -522,6 +497,10 @@ mod tests {
             ),
             (
                 config("PO ST", "/o", "{correlation_id}"),
+                "routes[0].method",
+            ),
+            (
+                config("PURGE", "/o", "{correlation_id}"),
                 "routes[0].method",
             ),
             (

@@ -7,6 +7,7 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
+use replyway_gateway::problem::ProblemKind;
 use replyway_gateway::routes::RouteConfig;
 
 mod common;
@@ -46,6 +47,17 @@ async fn openapi_json_describes_the_gateway_and_its_routes() {
     for path in ["/v1/replies/{id}", "/healthz", "/readyz", "/openapi.json"] {
         assert!(doc["paths"][path]["get"].is_object(), "{path}");
     }
+    // Every problem type the gateway answers with, and no other.
+    let types = &doc["components"]["schemas"]["Problem"]["properties"]["type"]["enum"];
+    let all: Vec<&str> = ProblemKind::ALL.iter().map(|k| k.uri()).collect();
+    assert_eq!(*types, serde_json::json!(all));
+    let unavailable = &post["responses"]["503"]["content"]["application/problem+json"]["schema"];
+    assert!(
+        unavailable["then"]["allOf"][1]["properties"]["type"]["enum"]
+            .as_array()
+            .unwrap()
+            .contains(&ProblemKind::NoResponders.uri().into())
+    );
 }
 
 #[tokio::test]

@@ -53,13 +53,74 @@ async fn unknown_route_is_a_404_problem() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(ct, "application/problem+json");
     assert_eq!(body["status"], 404);
-    assert_eq!(body["type"], "urn:replyway:problem:no-route");
+    assert_eq!(
+        body["type"],
+        replyway_gateway::problem::ProblemKind::NoRoute.uri()
+    );
 }
 
 #[tokio::test]
-async fn wrong_method_is_a_405() {
-    let (status, _, _) = call(Request::get("/orders/1").body(Body::empty()).unwrap()).await;
-    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+async fn wrong_method_is_a_405_problem_with_allow() {
+    let response = app()
+        .oneshot(Request::get("/orders/1").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(response.headers()["allow"], "POST");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(body["type"], "urn:replyway:problem:method-not-allowed");
+}
+
+/// `max_waiting` is taken before the body is read: a request still sending
+/// its body holds the node's only place, and the next one is refused at
+/// once, without reading anything.
+#[tokio::test]
+async fn the_admission_bound_is_taken_before_the_body_is_read() {
+    let mut settings = common::unreachable_settings(RouteConfig {
+        path: "/orders/{id}".into(),
+        ..RouteConfig::default()
+    });
+    settings.max_waiting = 1;
+    let app = replyway_gateway::router(AppState::new(
+        settings.build().unwrap(),
+        CancellationToken::new(),
+    ));
+    // A body that never ends: the first request waits for it holding its place.
+    let reading = std::sync::Arc::new(tokio::sync::Notify::new());
+    let body = Body::from_stream(futures::stream::poll_fn({
+        let reading = std::sync::Arc::clone(&reading);
+        move |_| {
+            reading.notify_one();
+            std::task::Poll::<Option<Result<bytes::Bytes, std::io::Error>>>::Pending
+        }
+    }));
+    let first = tokio::spawn(
+        app.clone()
+            .oneshot(Request::post("/orders/1").body(body).unwrap()),
+    );
+    tokio::time::timeout(Duration::from_secs(10), reading.notified())
+        .await
+        .expect("the first request reads its body");
+    let refused = app
+        .clone()
+        .oneshot(Request::post("/orders/2").body(Body::from("x")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let bytes = refused.into_body().collect().await.unwrap().to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(body["type"], "urn:replyway:problem:overloaded");
+    assert!(
+        !first.is_finished(),
+        "the first request still reads its body"
+    );
+    first.abort();
 }
 
 #[tokio::test]
@@ -88,7 +149,10 @@ async fn malformed_reply_id_is_a_400() {
         call(Request::get("/v1/replies/%FF").body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(ct, "application/problem+json");
-    assert_eq!(body["type"], "urn:replyway:problem:bad-request");
+    assert_eq!(
+        body["type"],
+        replyway_gateway::problem::ProblemKind::BadRequest.uri()
+    );
 }
 
 #[tokio::test]
@@ -143,7 +207,7 @@ fn invalid_settings_name_the_setting() {
         ..Settings::default()
     };
     assert_eq!(
-        settings.validate().unwrap_err().setting,
+        settings.route_table().unwrap_err().setting,
         "routes[0].timeout"
     );
 }
@@ -154,15 +218,16 @@ fn invalid_settings_name_the_setting() {
 #[tokio::test]
 async fn a_waiting_requests_future_stays_small() {
     let mut settings = Settings::default();
-    settings.redis.url = format!("redis://127.0.0.1:{}", closed_port());
-    let state = AppState::new(settings, CancellationToken::new()).unwrap();
-    let future = replyway_gateway::handlers::route_request(
-        axum::extract::State(state),
-        None,
-        axum::http::Method::POST,
-        "/orders/1".parse().unwrap(),
-        axum::http::HeaderMap::new(),
-        Body::empty(),
+    settings.redis.url = format!("redis://127.0.0.1:{}", closed_port()).into();
+    settings.routes = vec![RouteConfig {
+        path: "/orders/{id}".into(),
+        ..RouteConfig::default()
+    }];
+    let state = AppState::new(settings.build().unwrap(), CancellationToken::new());
+    let route = std::sync::Arc::new(state.routes.routes()[0].clone());
+    let future = replyway_gateway::serving::serve(
+        axum::extract::State(replyway_gateway::serving::RouteState { app: state, route }),
+        Request::post("/orders/1").body(Body::empty()).unwrap(),
     );
     let size = std::mem::size_of_val(&future);
     eprintln!("a waiting request's future: {size} bytes");

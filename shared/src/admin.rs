@@ -111,19 +111,15 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    /// Serves `router` on `listen`; an empty `listen` serves nothing.
-    ///
-    /// # Errors
-    /// When the address cannot be bound (naming it).
-    pub async fn start(listen: &str, router: Router) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        if listen.is_empty() {
-            return Ok(Self { running: None });
+    /// Serves `router` on `listener` (bound by the binary's `main`); `None`
+    /// serves nothing (an empty `admin_listen`).
+    pub fn start(listener: Option<TcpListener>, router: Router) -> Self {
+        let Some(listener) = listener else {
+            return Self { running: None };
+        };
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(admin = %addr, "admin port: /healthz /readyz /metrics");
         }
-        let listener = TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("binding the admin address {listen}"))?;
-        tracing::info!(admin = %listen, "admin port: /healthz /readyz /metrics");
         let stop = CancellationToken::new();
         let cancelled = stop.clone();
         let task = tokio::spawn(async move {
@@ -134,9 +130,25 @@ impl AdminServer {
                 tracing::warn!(error = %e, "admin server failed");
             }
         });
-        Ok(Self {
+        Self {
             running: Some((task, stop)),
-        })
+        }
+    }
+
+    /// Binds `listen` for [`AdminServer::start`]; an empty address binds
+    /// nothing.
+    ///
+    /// # Errors
+    /// When the address cannot be bound (naming it).
+    pub async fn bind(listen: &str) -> anyhow::Result<Option<TcpListener>> {
+        use anyhow::Context;
+        if listen.is_empty() {
+            return Ok(None);
+        }
+        TcpListener::bind(listen)
+            .await
+            .map(Some)
+            .with_context(|| format!("binding the admin address {listen}"))
     }
 
     /// Stops serving and waits until it has.

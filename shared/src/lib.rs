@@ -4,7 +4,6 @@
 //! * [`admin`] — the admin port (`/healthz`, `/readyz`, `/metrics`);
 //! * [`backoff`] — pacing of retries that gives way to shutdown;
 //! * [`correlation`] — signed correlation ids (optional per deployment);
-//! * [`hex`] — lower-case hex of ids, tags and digests;
 //! * [`consumer`] — leaving a consumer group at shutdown, bounded;
 //! * [`record`] — the Kafka record contract (header names, request and reply
 //!   records) that the gateway, the collector and every backend service speak;
@@ -27,7 +26,7 @@ pub mod admin;
 pub mod backoff;
 pub mod consumer;
 pub mod correlation;
-pub mod hex;
+pub mod exchange;
 pub mod record;
 pub mod requester;
 pub mod responder;

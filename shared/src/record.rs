@@ -1,7 +1,7 @@
 //! The record contract: what a request record and a reply record carry on Kafka.
 //!
 //! This module is the single place where header names live. Backend services in
-//! other languages implement the same contract from the README's tables.
+//! other languages implement the same contract from docs/records.md.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -340,10 +340,10 @@ impl Request {
     /// Makes `span` the next hop of the trace this request carries (or of a new
     /// one) and carries that hop's context from now on; returns it.
     pub fn continue_trace(&mut self, span: &tracing::Span) -> crate::trace::TraceContext {
-        let parent = self
-            .traceparent
-            .as_deref()
-            .and_then(|t| crate::trace::TraceContext::parse(t, self.tracestate.as_deref()));
+        let parent = crate::trace::TraceContext::extract(&crate::trace::TraceFields {
+            traceparent: self.traceparent.as_deref(),
+            tracestate: self.tracestate.as_deref(),
+        });
         let trace = crate::trace::continue_trace(span, parent.as_ref());
         self.traceparent = Some(trace.traceparent());
         self.tracestate.clone_from(&trace.state);
@@ -625,6 +625,38 @@ mod tests {
         assert_eq!(parsed.client_id.as_deref(), Some("alice"));
         assert_eq!(&parsed.body[..], b"body");
         assert!(parsed.is_expired(SystemTime::now()));
+    }
+
+    #[test]
+    fn trace_headers_are_the_propagators() {
+        use opentelemetry::propagation::TextMapPropagator;
+        let fields: Vec<_> = opentelemetry_sdk::propagation::TraceContextPropagator::new()
+            .fields()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(fields, [header::TRACEPARENT, header::TRACESTATE]);
+    }
+
+    #[test]
+    fn a_request_continues_its_trace_or_starts_one() {
+        let mut request = Request::new("replies", "");
+        request.traceparent =
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+        request.tracestate = Some("vendor=1".into());
+        let hop = request.continue_trace(&tracing::Span::none());
+        assert_eq!(hop.trace_id_hex(), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(request.traceparent, Some(hop.traceparent()));
+        assert_ne!(
+            request.traceparent.as_deref(),
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        );
+        assert_eq!(request.tracestate.as_deref(), Some("vendor=1"));
+        // A malformed traceparent is ignored: a new trace starts.
+        request.traceparent = Some("00-not-a-trace-01".into());
+        let root = request.continue_trace(&tracing::Span::none());
+        assert_ne!(root.trace_id, hop.trace_id);
+        assert_eq!(request.traceparent, Some(root.traceparent()));
+        assert_eq!(request.tracestate, None);
     }
 
     #[test]

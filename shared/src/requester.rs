@@ -25,22 +25,16 @@
 //! ```
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::util::Timeout;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-
-use crate::record::{Reply, Request, is_valid_correlation_id, new_correlation_id, unix_millis};
-use crate::settings::{InvalidSetting, KafkaSettings, RedisSettings, is_valid_topic};
-use crate::store::{Keys, Lookup, Store, StoreError};
-use crate::subscriber::Subscriber;
-use crate::waiters::Waiters;
 use tracing::Instrument;
+
+use crate::exchange::{Command, Node, NodeOptions, SubmitError};
+use crate::record::{Reply, Request, is_valid_correlation_id, new_correlation_id};
+use crate::settings::{InvalidSetting, KafkaSettings, RedisSettings};
+use crate::store::{Lookup, StoreError};
 
 /// How a [`Requester`] is set up; everything but the reply topic has a default.
 #[derive(Debug, Clone)]
@@ -104,6 +98,16 @@ pub enum RequesterError {
     Stopped,
 }
 
+impl From<SubmitError> for RequesterError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::Redis(e) => Self::Redis(e),
+            SubmitError::Kafka(e) => Self::Kafka(e),
+            SubmitError::KafkaTimeout(bound) => Self::KafkaTimeout(bound),
+        }
+    }
+}
+
 /// What a reply lookup found (see [`Requester::fetch`]).
 #[derive(Debug)]
 pub enum Fetched {
@@ -123,23 +127,14 @@ pub struct Requester {
 }
 
 struct Inner {
-    node_id: String,
-    reply_topic: String,
+    node: Node,
     signer: Option<crate::correlation::Signer>,
-    produce_timeout: Duration,
-    store: Store,
-    producer: FutureProducer,
-    waiters: Arc<Waiters>,
-    live: Arc<AtomicBool>,
-    stop: CancellationToken,
-    subscription: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Requester {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Requester")
-            .field("node_id", &self.inner.node_id)
-            .field("reply_topic", &self.inner.reply_topic)
+            .field("node", &self.inner.node)
             .finish_non_exhaustive()
     }
 }
@@ -156,72 +151,37 @@ impl Requester {
         redis: &RedisSettings,
         options: RequesterOptions,
     ) -> Result<Self, InvalidSetting> {
-        redis.validate()?;
-        kafka.validate()?;
-        if !is_valid_topic(&options.reply_topic) {
-            return Err(InvalidSetting::new(
-                "reply_topic",
-                "not a legal Kafka topic name",
-            ));
-        }
         let signer = crate::correlation::Signer::from_setting(options.correlation_secret.as_ref())?;
-        let node_id = options
-            .node_id
-            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-        let store = Store::new(
-            redis.connections()?,
-            Keys::new(&redis.prefix),
-            redis.timeout,
-            redis.ttl,
-        );
-        let producer: FutureProducer = kafka
-            .producer_config()
-            .create()
-            .map_err(|e| InvalidSetting::new("kafka.producer", e.to_string()))?;
-        let waiters = Waiters::new(options.max_waiting.max(1));
-        let live = Arc::new(AtomicBool::new(false));
-        let stop = CancellationToken::new();
-        let subscriber = Subscriber {
-            client: redis.client()?,
-            node: node_id.clone(),
-            channel: store.keys().channel(&node_id),
-            waiters: Arc::clone(&waiters),
-            store: store.clone(),
-            timeout: redis.timeout,
-            live: Arc::clone(&live),
-            unclaimed: Arc::default(),
-        };
-        let subscription = tokio::spawn(subscriber.run(stop.clone()));
-        Ok(Self {
-            inner: Arc::new(Inner {
-                node_id,
+        let node = Node::new(
+            kafka,
+            redis,
+            NodeOptions {
                 reply_topic: options.reply_topic,
-                signer,
+                node_id: options.node_id,
+                max_waiting: options.max_waiting,
                 produce_timeout: options.produce_timeout,
-                store,
-                producer,
-                waiters,
-                live,
-                stop,
-                subscription: std::sync::Mutex::new(Some(subscription)),
-            }),
+            },
+        )?;
+        node.start();
+        Ok(Self {
+            inner: Arc::new(Inner { node, signer }),
         })
     }
 
     /// This instance's node id.
     pub fn node_id(&self) -> &str {
-        &self.inner.node_id
+        self.inner.node.id()
     }
 
     /// Whether the notification subscription is up (replies are heard at once;
     /// while it is down they are read again when it comes back).
     pub fn is_live(&self) -> bool {
-        self.inner.live.load(Ordering::SeqCst)
+        self.inner.node.is_live()
     }
 
     /// How many requests wait for a reply now.
     pub fn waiting(&self) -> usize {
-        self.inner.waiters.len()
+        self.inner.node.waiters().len()
     }
 
     /// Sends `body` to `topic` and waits up to `timeout` for the reply.
@@ -256,7 +216,7 @@ impl Requester {
         timeout: Duration,
     ) -> Result<Reply, RequesterError> {
         let inner = &self.inner;
-        if inner.stop.is_cancelled() {
+        if inner.node.is_stopped() {
             return Err(RequesterError::Stopped);
         }
         if request.correlation_id.is_empty() {
@@ -268,7 +228,6 @@ impl Requester {
         if !is_valid_correlation_id(&request.correlation_id) {
             return Err(RequesterError::InvalidCorrelationId);
         }
-        request.reply_to.clone_from(&inner.reply_topic);
         let span = tracing::info_span!("requester.request", otel.kind = "client", topic = %topic, correlation_id = %request.correlation_id);
         request.continue_trace(&span);
         self.exchange(topic, request, timeout)
@@ -279,58 +238,34 @@ impl Requester {
     async fn exchange(
         &self,
         topic: &str,
-        mut request: Request,
+        request: Request,
         timeout: Duration,
     ) -> Result<Reply, RequesterError> {
-        let inner = &self.inner;
-        let created = SystemTime::now();
-        // A reply that comes after `timeout` can still be fetched (`fetch`) for
-        // as long as the store keeps it: that is when nobody will collect it.
-        request.deadline = Some(unix_millis(created + inner.store.ttl()));
+        let started = Instant::now();
+        let node = &self.inner.node;
+        let ticket = node.admit().map_err(|_| RequesterError::Overloaded)?;
         let id = request.correlation_id.clone();
-
-        // Wait before anything can reply, so that the reply cannot be missed.
-        let mut waiter = inner
-            .waiters
-            .register(&id)
-            .map_err(|_| RequesterError::Overloaded)?;
-        inner
-            .store
-            .create_pending(
-                &id,
-                topic,
-                unix_millis(created),
-                Some(&inner.node_id),
-                request.client_id.as_deref(),
-            )
-            .await?;
         let key = request
             .key
             .clone()
             .unwrap_or_else(|| Bytes::from(id.clone()));
-        let record = FutureRecord::to(topic)
-            .key(&key[..])
-            .payload(&request.body[..])
-            .headers(request.record_headers());
-        let bound = inner.produce_timeout.min(timeout);
-        let produced =
-            match tokio::time::timeout(bound, inner.producer.send(record, Timeout::After(bound)))
-                .await
-            {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => Err(RequesterError::Kafka(e)),
-                Err(_) => Err(RequesterError::KafkaTimeout(bound)),
-            };
-        if let Err(e) = produced {
-            if let Err(cleanup) = inner.store.delete_pending(&id).await {
-                tracing::warn!(correlation_id = %id, error = %cleanup, "could not remove the pending record of an unproduced request; it expires with its TTL");
-            }
-            return Err(e);
-        }
-        let remaining = timeout.saturating_sub(created.elapsed().unwrap_or_default());
-        match tokio::time::timeout(remaining, waiter.reply()).await {
-            Ok(reply) => Ok(Arc::unwrap_or_clone(reply)),
-            Err(_) => Err(RequesterError::Timeout {
+        let principal = request.client_id.clone();
+        let command = Command {
+            request,
+            topic,
+            key: &key,
+            label: topic,
+            principal: principal.as_deref(),
+            spring_headers: false,
+            within: timeout,
+        };
+        let submitted = node.submit(command, Some(ticket)).await?;
+        match submitted
+            .reply(timeout.saturating_sub(started.elapsed()))
+            .await
+        {
+            Some(reply) => Ok(Arc::unwrap_or_clone(reply)),
+            None => Err(RequesterError::Timeout {
                 correlation_id: id,
                 timeout,
             }),
@@ -345,33 +280,18 @@ impl Requester {
         if !is_valid_correlation_id(correlation_id) {
             return Ok(Fetched::Unknown);
         }
-        Ok(match self.inner.store.lookup(correlation_id, None).await? {
-            Lookup::Reply(reply, _) => Fetched::Reply(reply),
-            Lookup::Pending(_) => Fetched::Pending,
-            Lookup::Unknown => Fetched::Unknown,
-        })
+        Ok(
+            match self.inner.node.store().lookup(correlation_id, None).await? {
+                Lookup::Reply(reply, _) => Fetched::Reply(reply),
+                Lookup::Pending(_) => Fetched::Pending,
+                Lookup::Unknown => Fetched::Unknown,
+            },
+        )
     }
 
     /// Stops the subscription and flushes the producer. Requests still waiting
     /// run into their timeouts; new ones fail with [`RequesterError::Stopped`].
     pub async fn stop(&self) {
-        self.inner.stop.cancel();
-        let task = self
-            .inner
-            .subscription
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(task) = task {
-            let _ = task.await;
-        }
-        let producer = self.inner.producer.clone();
-        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
-    }
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.stop.cancel();
+        self.inner.node.stop().await;
     }
 }

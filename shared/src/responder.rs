@@ -63,8 +63,12 @@ pub struct Responder {
     consumer: StreamConsumer,
     producer: FutureProducer,
     max_in_flight: usize,
+    drain_timeout: Duration,
     stats: Arc<ResponderStats>,
 }
+
+/// How long commands in flight may take to finish after shutdown, by default.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for Responder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -92,8 +96,18 @@ impl Responder {
             consumer,
             producer,
             max_in_flight: max_in_flight.max(1),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             stats: Arc::default(),
         })
+    }
+
+    /// How long the commands in flight at shutdown may take to finish
+    /// (default [`DEFAULT_DRAIN_TIMEOUT`]); those still running then are
+    /// abandoned uncommitted, and delivered again to the group.
+    #[must_use]
+    pub fn with_drain_timeout(mut self, drain_timeout: Duration) -> Self {
+        self.drain_timeout = drain_timeout;
+        self
     }
 
     /// The counters.
@@ -134,9 +148,20 @@ impl Responder {
                 },
             }
         }
-        // Finish what was taken (replies being produced give up on shutdown).
-        while let Some((position, answered)) = in_flight.next().await {
-            self.completed(&mut offsets, position, answered);
+        // Finish what was taken (replies being produced give up on shutdown),
+        // for at most `drain_timeout`.
+        let drained = tokio::time::timeout(self.drain_timeout, async {
+            while let Some((position, answered)) = in_flight.next().await {
+                self.completed(&mut offsets, position, answered);
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                abandoned = in_flight.len(),
+                drain_timeout = ?self.drain_timeout,
+                "commands still running at the end of the drain are abandoned uncommitted; the group delivers them again"
+            );
         }
         drop(stream);
         drop(in_flight);

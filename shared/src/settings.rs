@@ -79,7 +79,7 @@ pub fn reference<T: Serialize>(defaults: &T) -> String {
          variables REPLYWAY_<KEY> with nested keys joined by __. An unknown or malformed\n\
          setting stops the program, naming it. Tables of librdkafka properties take\n\
          dotted keys: set them in the file, or as an inline table, e.g.\n\
-         REPLYWAY_KAFKA__CONSUMER='{\"client.rack\"=\"eu-1a\"}'. README.md, Configuration,\n\
+         REPLYWAY_KAFKA__CONSUMER='{\"client.rack\"=\"eu-1a\"}'. docs/configuration.md\n\
          says what each setting means.\n\n",
     );
     for (key, value) in lines {
@@ -102,10 +102,20 @@ pub fn parse_args<A: clap::Parser, T: Serialize>(defaults: &T) -> A {
     A::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit())
 }
 
-/// A secret setting: never shown by `Debug` (so never in logs).
+/// What a secret shows instead of itself.
+const REDACTED: &str = "***";
+
+/// A secret setting (a password, a signing key, a URL that may hold
+/// credentials). `Debug` and `Display` print `***`, so a settings struct can
+/// be logged or put in an error message without showing it;
+/// [`Secret::expose`] is the one way to read it.
+///
+/// Serde reads and writes the plain string (`#[serde(transparent)]`): settings
+/// are serialized only to seed the loader with the built-in defaults, to list
+/// those under `--help`, and to hand a child process its settings file.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Secret(pub String);
+pub struct Secret(String);
 
 impl Secret {
     /// The secret itself.
@@ -116,7 +126,13 @@ impl Secret {
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("\"***\"")
+        write!(f, "{REDACTED:?}")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(REDACTED)
     }
 }
 
@@ -126,12 +142,20 @@ impl From<&str> for Secret {
     }
 }
 
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
 /// How to reach Redis and how long its records live.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSettings {
-    /// `redis://[user:password@]host:port[/db]` or `rediss://…` for TLS.
-    pub url: String,
+    /// `redis://[user:password@]host:port[/db]` or `rediss://…` for TLS (a
+    /// secret: it may hold a password; [`RedisSettings::redacted_url`] is what
+    /// logs show).
+    pub url: Secret,
     /// Prefix of every key and channel, so deployments can share a Redis.
     pub prefix: String,
     /// How long replies and pending records are kept (longer than anyone waits).
@@ -182,9 +206,10 @@ impl RedisSettings {
     /// # Errors
     /// [`InvalidSetting`] naming the first bad setting.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
-        if !self.url.starts_with("redis://")
-            && !self.url.starts_with("rediss://")
-            && !self.url.starts_with("redis+unix://")
+        let url = self.url.expose();
+        if !url.starts_with("redis://")
+            && !url.starts_with("rediss://")
+            && !url.starts_with("redis+unix://")
         {
             return Err(InvalidSetting::new(
                 "redis.url",
@@ -238,25 +263,27 @@ impl RedisSettings {
     /// # Errors
     /// [`InvalidSetting`] when the URL cannot be used.
     pub fn client(&self) -> Result<redis::Client, InvalidSetting> {
-        redis::Client::open(self.url.as_str())
+        redis::Client::open(self.url.expose())
             .map_err(|e| InvalidSetting::new("redis.url", e.to_string()))
     }
 
     /// The URL with any password hidden, for logs.
     pub fn redacted_url(&self) -> String {
-        match (self.url.find("://"), self.url.rfind('@')) {
+        let url = self.url.expose();
+        match (url.find("://"), url.rfind('@')) {
             (Some(scheme), Some(at)) if at > scheme => {
-                format!("{}://***{}", &self.url[..scheme], &self.url[at..])
+                format!("{}://{REDACTED}{}", &url[..scheme], &url[at..])
             }
-            _ => self.url.clone(),
+            _ => url.to_owned(),
         }
     }
 }
 
 /// How to reach Kafka. Any librdkafka property can be set for the producer and the
 /// consumer (TLS, SASL, `linger.ms`, `group.protocol`, …); they override the
-/// built-in defaults.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// built-in defaults. `Debug` hides the values of properties that hold
+/// secrets (see [`is_secret_property`]).
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaSettings {
     /// `bootstrap.servers`.
@@ -277,6 +304,51 @@ impl Default for KafkaSettings {
             producer: BTreeMap::new(),
             consumer: BTreeMap::new(),
         }
+    }
+}
+
+/// Whether a librdkafka property holds a secret: `sasl.password`,
+/// `ssl.key.password`, `ssl.keystore.password`, `ssl.key.pem`, `ssl_key`,
+/// `sasl.oauthbearer.client.secret`, `sasl.oauthbearer.config` and the like
+/// (librdkafka's own "sensitive" properties, matched by name so that a newer
+/// one is covered too).
+pub fn is_secret_property(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "passphrase",
+        "key.pem",
+        "ssl_key",
+        "oauthbearer.config",
+    ]
+    .iter()
+    .any(|part| name.contains(part))
+}
+
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        struct Properties<'a>(&'a BTreeMap<String, String>);
+        impl std::fmt::Debug for Properties<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_map()
+                    .entries(self.0.iter().map(|(name, value)| {
+                        let value = if is_secret_property(name) {
+                            REDACTED
+                        } else {
+                            value.as_str()
+                        };
+                        (name, value)
+                    }))
+                    .finish()
+            }
+        }
+        f.debug_struct("KafkaSettings")
+            .field("brokers", &self.brokers)
+            .field("common", &Properties(&self.common))
+            .field("producer", &Properties(&self.producer))
+            .field("consumer", &Properties(&self.consumer))
+            .finish()
     }
 }
 
@@ -434,6 +506,57 @@ mod tests {
         };
         assert_eq!(s.redacted_url(), "redis://***@host:6379/0");
         assert!(!s.redacted_url().contains("secret"));
+    }
+
+    #[test]
+    fn debug_and_display_show_no_secret() {
+        let mut kafka = KafkaSettings::default();
+        for (name, value) in [
+            ("sasl.password", "kafka-pass"),
+            ("SSL.KEY.PASSWORD", "key-pass"),
+            ("sasl.oauthbearer.client.secret", "oauth-secret"),
+            ("sasl.username", "replyway"),
+        ] {
+            kafka.common.insert(name.into(), value.into());
+        }
+        kafka
+            .producer
+            .insert("ssl.key.pem".into(), "PRIVATE-PEM".into());
+        let redis = RedisSettings {
+            url: "rediss://user:redis-pass@host:6380/0".into(),
+            ..RedisSettings::default()
+        };
+        let shown = format!("{redis:?} {kafka:?}");
+        for secret in [
+            "redis-pass",
+            "kafka-pass",
+            "key-pass",
+            "oauth-secret",
+            "PRIVATE-PEM",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("replyway"),
+            "other properties stay visible: {shown}"
+        );
+        let secret = Secret::from("hunter2");
+        assert_eq!(format!("{secret} {secret:?}"), "*** \"***\"");
+        assert_eq!(secret.expose(), "hunter2");
+    }
+
+    #[test]
+    fn secrets_serialize_as_plain_strings() {
+        // The loader seeds itself with serialized defaults, and child processes
+        // get their settings as a file: both need the secret itself.
+        let redis = RedisSettings {
+            url: "redis://:pw@h:1".into(),
+            ..RedisSettings::default()
+        };
+        let json = serde_json::to_value(&redis).unwrap();
+        assert_eq!(json["url"], "redis://:pw@h:1");
+        let back: RedisSettings = serde_json::from_value(json).unwrap();
+        assert_eq!(back.url.expose(), "redis://:pw@h:1");
     }
 
     #[test]

@@ -64,16 +64,34 @@ impl Waiters {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Registers a request waiting for `id`.
+    /// Takes a place in the bound for a request that will wait, before any of
+    /// its work is done (reading its body, asking Redis): at the bound, the
+    /// request is refused while it still costs nothing.
     ///
     /// # Errors
-    /// [`Full`] when `capacity` requests already wait.
-    pub fn register(self: &Arc<Self>, id: &str) -> Result<Waiter, Full> {
+    /// [`Full`] when `capacity` places are taken.
+    pub fn admit(self: &Arc<Self>) -> Result<Ticket, Full> {
         let mut inner = self.lock();
         if inner.total >= self.capacity {
             return Err(Full);
         }
         inner.total += 1;
+        Ok(Ticket {
+            waiters: Some(Arc::clone(self)),
+        })
+    }
+
+    /// Registers a request waiting for `id`.
+    ///
+    /// # Errors
+    /// [`Full`] when `capacity` requests already wait.
+    pub fn register(self: &Arc<Self>, id: &str) -> Result<Waiter, Full> {
+        Ok(self.admit()?.register(id))
+    }
+
+    /// Adds a waiter for `id` whose place in the bound is already counted.
+    fn insert(self: Arc<Self>, id: &str) -> Waiter {
+        let mut inner = self.lock();
         let existing = inner
             .slots
             .get_key_value(id)
@@ -95,11 +113,12 @@ impl Waiters {
                 (id, shared)
             }
         };
-        Ok(Waiter {
-            waiters: Arc::clone(self),
+        drop(inner);
+        Waiter {
+            waiters: self,
             id,
             shared,
-        })
+        }
     }
 
     /// Hands a reply to the requests waiting for `id`; returns whether any waits.
@@ -130,6 +149,32 @@ impl Waiters {
     /// Whether no request waits.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// A place in the bound taken by [`Waiters::admit`], before the request
+/// knows the id it will wait for; given back when dropped unused.
+#[derive(Debug)]
+pub struct Ticket {
+    /// `None` once the place has become a [`Waiter`].
+    waiters: Option<Arc<Waiters>>,
+}
+
+impl Ticket {
+    /// Turns the place into a waiter for `id`.
+    pub fn register(mut self, id: &str) -> Waiter {
+        match self.waiters.take() {
+            Some(waiters) => waiters.insert(id),
+            None => unreachable!("a ticket is used once: register takes it by value"),
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(waiters) = self.waiters.take() {
+            waiters.lock().total -= 1;
+        }
     }
 }
 
@@ -237,6 +282,27 @@ mod tests {
             }
         }
         assert!(waiters.is_empty());
+    }
+
+    #[test]
+    fn an_admitted_ticket_holds_its_place_until_used_or_dropped() {
+        let waiters = Waiters::new(2);
+        let ticket = waiters.admit().unwrap();
+        let _other = waiters.register("a").unwrap();
+        assert!(
+            waiters.admit().is_err(),
+            "the ticket counts against the bound"
+        );
+        assert_eq!(waiters.len(), 2);
+        assert!(waiters.ids().len() == 1, "a ticket waits for no id yet");
+        drop(ticket);
+        assert_eq!(waiters.len(), 1);
+        let ticket = waiters.admit().unwrap();
+        let waiter = ticket.register("b");
+        assert_eq!(waiters.len(), 2);
+        assert!(waiters.deliver("b", Arc::new(Reply::new(200))));
+        drop(waiter);
+        assert_eq!(waiters.len(), 1);
     }
 
     #[test]

@@ -231,7 +231,7 @@ impl Stack {
         }
         let kafka = broker.kafka_settings();
         let redis_settings = RedisSettings {
-            url: redis.url(),
+            url: redis.url().into(),
             prefix: prefix.clone(),
             ttl: Duration::from_secs(120),
             timeout: Duration::from_secs(1),
@@ -253,10 +253,10 @@ impl Stack {
         let mut gateways = Vec::new();
         let mut gateway_admin = Vec::new();
         for _ in 0..options.gateways {
-            let admin_listen = format!("127.0.0.1:{}", free_port());
-            gateway_admin.push(admin_listen.clone());
             if options.processes {
                 let port = free_port();
+                let admin_listen = format!("127.0.0.1:{}", free_port());
+                gateway_admin.push(admin_listen.clone());
                 let settings = replyway_gateway::Settings {
                     listen: format!("127.0.0.1:{port}"),
                     admin_listen,
@@ -269,14 +269,14 @@ impl Stack {
                     Some(addr),
                 )?));
             } else {
+                // Bound here and handed over, as the binary's main does.
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
                 let addr = listener.local_addr()?;
+                gateway_admin.push(admin.local_addr()?.to_string());
                 let token = CancellationToken::new();
-                let settings = replyway_gateway::Settings {
-                    admin_listen,
-                    ..gateway_settings.clone()
-                };
-                let run = replyway_gateway::run(settings, listener, token.clone());
+                let config = gateway_settings.clone().build()?;
+                let run = replyway_gateway::run(config, listener, Some(admin), token.clone());
                 gateways.push(Node::InProcess(Running::spawn(Some(addr), token, run)));
             }
         }
@@ -294,9 +294,9 @@ impl Stack {
         let mut collector_admin = Vec::new();
         let mut collector_stats = Arc::default();
         for i in 0..options.collectors {
-            let admin_listen = format!("127.0.0.1:{}", free_port());
-            collector_admin.push(admin_listen.clone());
             if options.processes {
+                let admin_listen = format!("127.0.0.1:{}", free_port());
+                collector_admin.push(admin_listen.clone());
                 let settings = replyway_collector::Settings {
                     admin_listen,
                     ..collector_settings.clone()
@@ -307,6 +307,8 @@ impl Stack {
                     None,
                 )?));
             } else {
+                let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                collector_admin.push(admin.local_addr()?.to_string());
                 let collector = replyway_collector::Collector::new(&collector_settings)?;
                 if i == 0 {
                     collector_stats = collector.stats();
@@ -315,7 +317,7 @@ impl Stack {
                 collectors.push(Node::InProcess(Running::spawn(
                     None,
                     token.clone(),
-                    async move { collector.run_with_admin(&admin_listen, token).await },
+                    async move { collector.run_with_admin(Some(admin), token).await },
                 )));
             }
         }

@@ -1,6 +1,6 @@
 //! How fast does a consumer group hand out partitions, with the classic group
 //! protocol and with KIP-848's `consumer` protocol? The figures behind the
-//! consumers' default `group.protocol` (README, configuration reference).
+//! consumers' default `group.protocol` (docs/configuration.md, Kafka client defaults).
 //!
 //! For each protocol, on a fresh Apache Kafka broker with its default group
 //! settings and Replyway's consumer settings, a 6-partition topic, each member

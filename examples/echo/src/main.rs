@@ -1,7 +1,6 @@
 //! `replyway-echo`: the demo backend service.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::Parser;
 
@@ -22,14 +21,15 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn main() {
     let args: Args = settings::parse_args(&Settings::default());
-    let (settings, telemetry) = service::start::<Settings>(args.config.as_deref(), |_| {});
-    service::serve(
+    let status = service::run(
         "echo service",
-        settings,
-        telemetry,
+        args.config.as_deref(),
+        |_: &mut Settings| {},
+        Ok,
         |settings, stop| async move { replyway_echo::run(&settings, stop).await },
     )
-    .await
+    .await;
+    std::process::exit(status)
 }

@@ -85,9 +85,6 @@ impl replyway_shared::service::ServiceSettings for Settings {
     fn log(&self) -> &LogSettings {
         &self.log
     }
-    fn check(&self) -> Result<(), InvalidSetting> {
-        self.validate()
-    }
 }
 
 impl Settings {

@@ -1,7 +1,6 @@
 //! `replyway-ledger`: the ledger demo service.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::Parser;
 
@@ -23,14 +22,15 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn main() {
     let args: Args = settings::parse_args(&Settings::default());
-    let (settings, telemetry) = service::start::<Settings>(args.config.as_deref(), |_| {});
-    service::serve(
+    let status = service::run(
         "ledger service",
-        settings,
-        telemetry,
+        args.config.as_deref(),
+        |_: &mut Settings| {},
+        Ok,
         |settings, stop| async move { replyway_ledger::run(&settings, stop).await },
     )
-    .await
+    .await;
+    std::process::exit(status)
 }

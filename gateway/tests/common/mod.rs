@@ -22,7 +22,7 @@ pub fn closed_port() -> u16 {
 /// `route` as the only route.
 pub fn unreachable_settings(route: RouteConfig) -> Settings {
     let mut settings = Settings::default();
-    settings.redis.url = format!("redis://127.0.0.1:{}", closed_port());
+    settings.redis.url = format!("redis://127.0.0.1:{}", closed_port()).into();
     settings.redis.timeout = Duration::from_millis(500);
     settings.kafka.brokers = format!("127.0.0.1:{}", closed_port());
     settings.routes = vec![route];
@@ -31,7 +31,6 @@ pub fn unreachable_settings(route: RouteConfig) -> Settings {
 
 /// The router of a gateway with [`unreachable_settings`].
 pub fn app(route: RouteConfig) -> axum::Router {
-    let state = AppState::new(unreachable_settings(route), CancellationToken::new())
-        .expect("valid settings");
-    router(state)
+    let config = unreachable_settings(route).build().expect("valid settings");
+    router(AppState::new(config, CancellationToken::new()))
 }

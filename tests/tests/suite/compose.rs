@@ -540,13 +540,14 @@ fn check_compose() -> anyhow::Result<Checked> {
             let (host, _) = host_port(
                 redis
                     .url
+                    .expose()
                     .strip_prefix("redis://")
-                    .with_context(|| format!("{context}: redis.url {}", redis.url))?,
+                    .with_context(|| format!("{context}: redis.url {}", redis.redacted_url()))?,
             )?;
             ensure!(
                 host == "redis",
                 "{context}: redis.url {} is not the redis service",
-                redis.url
+                redis.redacted_url()
             );
             ensure!(
                 deps.get("redis").map(String::as_str) == Some("service_healthy"),
@@ -592,7 +593,7 @@ fn check_compose() -> anyhow::Result<Checked> {
         match name {
             "gateway" => {
                 let settings: replyway_gateway::Settings = typed(name, &json)?;
-                let routes = settings.validate().context(context.clone())?;
+                let routes = settings.route_table().context(context.clone())?;
                 ensure!(settings.node_id.is_none(), "{context}: node_id is fixed");
                 ensure!(
                     !missing(&settings.reply_topic),

@@ -362,7 +362,8 @@ async fn overload_is_shed_and_memory_stays_flat() -> TestResult {
                 anyhow::ensure!(status != 200 || text == body, "wrong reply");
                 // Shedding is the `overloaded` problem, answered at once.
                 anyhow::ensure!(
-                    status != 503 || text.contains("urn:replyway:problem:overloaded"),
+                    status != 503
+                        || text.contains(replyway_gateway::problem::ProblemKind::Overloaded.uri()),
                     "a 503 that is not load shedding after {took:?}: {text}"
                 );
                 anyhow::Ok((status, took))

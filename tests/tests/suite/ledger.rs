@@ -84,7 +84,7 @@ impl LedgerStack {
                 ("dave".into(), 1_000),
             ]),
             redis: RedisSettings {
-                url: redis.unwrap_or(&stack.redis).url(),
+                url: redis.unwrap_or(&stack.redis).url().into(),
                 prefix: prefix.clone(),
                 ttl: Duration::from_secs(120),
                 timeout: Duration::from_secs(1),

@@ -425,7 +425,8 @@ async fn the_stack_runs_on_redis_over_tls_with_a_password() -> TestResult {
         ..StackOptions::default()
     })
     .await?;
-    assert!(stack.gateway_settings.redis.url.starts_with("rediss://"));
+    let url = stack.gateway_settings.redis.url.expose();
+    assert!(url.starts_with("rediss://"));
     for n in 0..20 {
         let r = stack
             .http

@@ -533,7 +533,7 @@ async fn waiting_requests_past_the_bound_are_shed_with_503() -> TestResult {
     assert_eq!(shed.headers()["retry-after"], "1");
     assert_eq!(
         json_of(shed).await?["type"],
-        "urn:replyway:problem:overloaded"
+        replyway_gateway::problem::ProblemKind::Overloaded.uri()
     );
     // Async requests hold no waiter and are still accepted.
     let accepted = stack

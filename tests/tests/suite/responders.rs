@@ -77,7 +77,11 @@ async fn a_route_without_responders_fails_fast_and_recovers() -> TestResult {
     };
     let (took, retry_after, body) = refused;
     let produced_at_refusal = stack.broker.record_count(&stack.echo_topic)?;
-    assert_eq!(body["type"], "urn:replyway:problem:no-responders", "{body}");
+    assert_eq!(
+        body["type"],
+        replyway_gateway::problem::ProblemKind::NoResponders.uri(),
+        "{body}"
+    );
     assert_eq!(body["status"], 503);
     assert!(
         body["detail"].as_str().is_some_and(|d| d.contains(&group)),

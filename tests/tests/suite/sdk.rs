@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use futures::future::join_all;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -582,6 +583,69 @@ async fn a_command_left_for_redelivery_is_served_after_a_restart() -> TestResult
     let got = replies(broker, "rd.replies", 1).await?;
     assert_eq!(got[0].0, command.correlation_id);
     assert_eq!(got[0].1.body, "pay once");
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(15), serving).await???;
+    Ok(())
+}
+
+/// A handler that never finishes does not hold the Responder's stop: after
+/// `drain_timeout` it is abandoned, uncommitted, and the next member of the
+/// group serves the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_shutdown_drain_is_bounded_and_abandons_uncommitted() -> TestResult {
+    replyway_tests::init_logs();
+    let broker = Broker::shared();
+    broker
+        .create_topics(&["drain.requests", "drain.replies"], 1)
+        .await?;
+    let drain = Duration::from_millis(500);
+    let stuck = Responder::new(&broker.kafka_settings(), "drain", &["drain.requests"], 4)?
+        .with_drain_timeout(drain);
+    let stop = CancellationToken::new();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let serving = tokio::spawn(stuck.run(
+        {
+            let started = Arc::clone(&started);
+            move |_request: Request| {
+                started.notify_one();
+                std::future::pending::<Result<Reply, HandlerError>>()
+            }
+        },
+        stop.clone(),
+    ));
+    let mut command = Request::new("drain.replies", "finish me");
+    command.set_timeout(Duration::from_secs(60));
+    broker
+        .producer()?
+        .send(
+            FutureRecord::to("drain.requests")
+                .key(&command.correlation_id)
+                .payload(&command.body[..])
+                .headers(command.record_headers()),
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
+    tokio::time::timeout(Duration::from_secs(30), started.notified()).await?;
+    stop.cancel();
+    // Without the bound, the stop would wait for the handler forever.
+    tokio::time::timeout(Duration::from_secs(30), serving)
+        .await
+        .context("the Responder did not stop after its drain timeout")???;
+
+    let second = Responder::new(&broker.kafka_settings(), "drain", &["drain.requests"], 4)?;
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(second.run(
+        |request: Request| async move {
+            Ok::<_, HandlerError>(Reply::with_body(200, "text/plain", request.body))
+        },
+        stop.clone(),
+    ));
+    let got = replies(broker, "drain.replies", 1).await?;
+    assert_eq!(
+        got[0].0, command.correlation_id,
+        "the abandoned command is served again"
+    );
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(15), serving).await???;
     Ok(())

@@ -117,7 +117,8 @@ async fn only_replies_to_ids_this_deployment_issued_are_stored() -> TestResult {
 // ---- authentication, confidentiality, rate limits, TLS -----------------------
 
 use replyway_gateway::auth::{ApiKeyConfig, AuthConfig, JwtConfig, RouteAuth};
-use replyway_gateway::routes::{RateLimitConfig, RouteConfig};
+use replyway_gateway::ratelimit::RateLimitConfig;
+use replyway_gateway::routes::RouteConfig;
 use serde_json::json;
 use sha2::Digest;
 
@@ -126,7 +127,7 @@ const ISSUER: &str = "https://issuer.test";
 const AUDIENCE: &str = "replyway-test";
 
 fn sha256_hex(text: &str) -> String {
-    replyway_shared::hex::encode(&sha2::Sha256::digest(text.as_bytes()))
+    format!("{:x}", sha2::Sha256::digest(text.as_bytes()))
 }
 
 /// A key pair made with the `openssl` tool: (private PEM, public PEM).
@@ -206,7 +207,8 @@ async fn gateway(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let token = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(replyway_gateway::run(settings, listener, token.clone()));
+    let config = settings.build()?;
+    tokio::spawn(replyway_gateway::run(config, listener, None, token.clone()));
     Ok((format!("http://{addr}"), token))
 }
 
@@ -752,7 +754,7 @@ async fn secrets_never_reach_logs_metrics_or_help() -> TestResult {
     settings.admin_listen = admin.clone();
     settings.correlation_secret = Some(SECRET.into());
     settings.log.filter = "debug".into();
-    assert!(settings.redis.url.contains(redis_password));
+    assert!(settings.redis.url.expose().contains(redis_password));
     settings.auth = AuthConfig {
         api_keys: vec![ApiKeyConfig {
             id: "shop-7".into(),
@@ -802,7 +804,7 @@ async fn secrets_never_reach_logs_metrics_or_help() -> TestResult {
     let help = std::process::Command::new(replyway_tests::bin_path("replyway-gateway"))
         .arg("--help")
         .env("REPLYWAY_CORRELATION_SECRET", SECRET)
-        .env("REPLYWAY_REDIS__URL", &settings.redis.url)
+        .env("REPLYWAY_REDIS__URL", settings.redis.url.expose())
         .output()?;
     let help = String::from_utf8(help.stdout)?;
     gateway.signal("TERM")?;

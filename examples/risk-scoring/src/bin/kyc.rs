@@ -1,7 +1,6 @@
 //! `replyway-kyc`: the KYC demo service (a `Responder`).
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::Parser;
 
@@ -21,14 +20,15 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn main() {
     let args: Args = settings::parse_args(&Settings::default());
-    let (settings, telemetry) = service::start::<Settings>(args.config.as_deref(), |_| {});
-    service::serve(
+    let status = service::run(
         "kyc service",
-        settings,
-        telemetry,
+        args.config.as_deref(),
+        |_: &mut Settings| {},
+        Ok,
         |settings, stop| async move { replyway_risk_scoring::serve_kyc(&settings, stop).await },
     )
-    .await
+    .await;
+    std::process::exit(status)
 }

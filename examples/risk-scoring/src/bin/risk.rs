@@ -1,7 +1,6 @@
 //! `replyway-risk-scoring`: one instance of the risk-scoring demo (a `Requester`).
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::Parser;
 
@@ -24,21 +23,26 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn main() {
     let args: Args = settings::parse_args(&Settings::default());
-    let (settings, telemetry) = service::start::<Settings>(args.config.as_deref(), |_| {});
-    let outcome = replyway_risk_scoring::score_customers(&settings).await;
-    telemetry.shutdown();
-    match outcome {
-        Ok(outcome) => {
+    let status = service::run(
+        "risk scoring",
+        args.config.as_deref(),
+        |_: &mut Settings| {},
+        Ok,
+        |settings, _stop| async move {
+            let outcome = replyway_risk_scoring::score_customers(&settings).await?;
             println!("{}", serde_json::json!(outcome));
-            let all_own = outcome.own == settings.customers;
             tracing::info!(node_id = %outcome.node_id, own = outcome.own, foreign = outcome.foreign, failed = outcome.failed, "scoring run finished");
-            ExitCode::from(if all_own { 0 } else { 1 })
-        }
-        Err(e) => {
-            tracing::error!("risk scoring failed: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+            anyhow::ensure!(
+                outcome.own == settings.customers,
+                "{} of {} answers were this instance's own",
+                outcome.own,
+                settings.customers
+            );
+            Ok(())
+        },
+    )
+    .await;
+    std::process::exit(status)
 }

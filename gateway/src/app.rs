@@ -1,0 +1,78 @@
+//! The HTTP API as one axum router: each configured route registered under its
+//! path with its [`Route`] as handler state, the gateway's own endpoints
+//! beside them, and the observing layer around all of it.
+//!
+//! Conflicts between routes were refused when the route table was built
+//! (`RouteTable::new`), so building the router cannot fail. axum answers a
+//! path that is served with other methods `405` with `Allow` (turned into a
+//! problem by the observing layer), and the fallback answers `404` `no-route`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::handler::Handler as _;
+use axum::http::{Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, MethodRouter, get};
+
+use crate::observe::Label;
+use crate::problem::GatewayError;
+use crate::serving::RouteState;
+use crate::state::AppState;
+
+/// The HTTP API.
+pub fn router(state: AppState) -> Router {
+    // One method router per path, with a handler per method.
+    let mut paths: BTreeMap<String, MethodRouter<AppState>> = BTreeMap::new();
+    for route in state.routes.routes() {
+        let Ok(filter) = MethodFilter::try_from(route.method.clone()) else {
+            // Refused when the route table was built.
+            continue;
+        };
+        let handler = crate::serving::serve.with_state(RouteState {
+            app: state.clone(),
+            route: Arc::new(route.clone()),
+        });
+        let methods = paths.remove(&route.path_pattern()).unwrap_or_default();
+        paths.insert(route.path_pattern(), methods.on_service(filter, handler));
+    }
+    let mut api = Router::new();
+    for (path, methods) in paths {
+        api = api.route(&path, methods);
+    }
+    api.route("/v1/replies/{id}", get(crate::pickup::get_reply))
+        .route("/healthz", get(crate::health::healthz))
+        .route("/readyz", get(crate::health::readyz))
+        .route("/openapi.json", get(openapi))
+        .fallback(no_route)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::observe::observe,
+        ))
+        .with_state(state)
+}
+
+/// The admin port: `/healthz`, `/readyz` and `/metrics`.
+pub fn admin_router(state: AppState) -> Router {
+    replyway_shared::admin::router(Arc::clone(&state.registry))
+        .route("/readyz", get(crate::health::readyz))
+        .with_state(state)
+}
+
+/// `GET /openapi.json`: the document built at start.
+async fn openapi(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.openapi.clone(),
+    )
+        .into_response()
+}
+
+/// Any path no route serves.
+async fn no_route(uri: Uri) -> Response {
+    let mut response = GatewayError::NoRoute(uri.path().to_owned()).into_response();
+    response.extensions_mut().insert(Label::Own("-"));
+    response
+}

@@ -1,0 +1,174 @@
+//! The gateway's own endpoints: `GET /v1/replies/{id}`, `/healthz`, `/readyz`
+//! and `/openapi.json`.
+
+use utoipa::openapi::path::{Operation, OperationBuilder, ParameterBuilder, ParameterIn};
+use utoipa::openapi::{ContentBuilder, ObjectBuilder, Required, ResponseBuilder, Type};
+
+use super::parts::{
+    all_of, any, challenge_headers, component, constant, fields, human, pending_response,
+    prefer_parameter, problem_response, reply_response, retry_after_header, schema_ref, string,
+};
+use crate::config::Settings;
+use crate::problem::ProblemKind;
+
+/// The start of an operation of the gateway's own.
+fn own(summary: &str, description: impl Into<String>, id: &str) -> OperationBuilder {
+    OperationBuilder::new()
+        .tag("gateway")
+        .summary(Some(summary))
+        .description(Some(description))
+        .operation_id(Some(id))
+        // Every request is read up to its headers first.
+        .response("431", component("responses", "HeadersTooLarge"))
+}
+
+/// `GET /v1/replies/{id}`.
+pub(super) fn get_reply(settings: &Settings) -> Operation {
+    let id = ParameterBuilder::new()
+        .name("id")
+        .parameter_in(ParameterIn::Path)
+        .required(Required::True)
+        .description(Some(
+            "The correlation id (the `correlation-id` header of the request's answer).",
+        ))
+        .schema(Some(schema_ref("CorrelationId")));
+    let prefer = prefer_parameter(format!(
+        "RFC 7240 preferences; others are ignored. `wait=N`: while the request is pending, wait up to N seconds (capped at {}) for its reply before answering `202`. A `wait` that is not a whole number of seconds (0–4294967295), or a value that is not visible ASCII: `400`.",
+        human(settings.max_poll_wait)
+    ));
+    let mut operation = own(
+        "Fetch a reply",
+        format!(
+            "The reply of a request by its correlation id, on any gateway replica, while it is stored ({}). Also for requests that timed out (`504`) or were answered `202`. The reply of a request made by an authenticated principal goes only to that principal (credentials of any configured kind).",
+            human(settings.redis.ttl)
+        ),
+        "getReply",
+    )
+    .parameter(id)
+    .parameter(prefer)
+    .response(
+        "default",
+        reply_response("The reply, with its status, content type and headers.", Vec::new()),
+    )
+    .response(
+        "202",
+        pending_response("The request is pending: no reply yet.", false, Vec::new()),
+    )
+    .response(
+        "400",
+        problem_response(
+            "A malformed correlation id (also one that is not percent-encoded UTF-8) or `Prefer` (`bad-request`).",
+            &[ProblemKind::BadRequest],
+            Vec::new(),
+        ),
+    )
+    .response(
+        "404",
+        problem_response(
+            "No reply or pending request with this id: never issued (or, with `correlation_secret`, not signed by the gateway), expired, or made by another principal (`unknown-reply`).",
+            &[ProblemKind::UnknownReply],
+            Vec::new(),
+        ),
+    )
+    .response(
+        "503",
+        problem_response(
+            "Redis unreachable (`store-unavailable`), or too many requests wait on this node to long-poll (`overloaded`).",
+            &[ProblemKind::StoreUnavailable, ProblemKind::Overloaded],
+            vec![("retry-after", retry_after_header("the gateway's `503`"))],
+        ),
+    );
+    // Without [auth], credentials are ignored: no 401 here.
+    if !settings.auth.api_keys.is_empty() || settings.auth.jwt.is_some() {
+        operation = operation.response(
+            "401",
+            problem_response(
+                "Credentials were sent that do not check out as an API key or a JWT (`unauthenticated`).",
+                &[ProblemKind::Unauthenticated],
+                challenge_headers(),
+            ),
+        );
+    }
+    operation.build()
+}
+
+/// `GET /healthz`.
+pub(super) fn healthz() -> Operation {
+    own("Liveness", "`ok` while the process runs.", "healthz")
+        .response(
+            "200",
+            ResponseBuilder::new()
+                .description("The process runs.")
+                .content(
+                    "text/plain",
+                    ContentBuilder::new()
+                        .schema(Some(string().extensions(fields([("const", "ok".into())]))))
+                        .build(),
+                ),
+        )
+        .build()
+}
+
+/// A readiness answer with `ready` fixed, and when ready every part too.
+fn readiness(ready: bool) -> ObjectBuilder {
+    let fixed: &[&str] = if ready {
+        &["ready", "redis", "subscription", "kafka"]
+    } else {
+        &["ready"]
+    };
+    fixed
+        .iter()
+        .fold(any(), |schema, name| {
+            schema.property(*name, constant(ready))
+        })
+        .extensions(all_of([schema_ref("Readiness")]))
+}
+
+/// `GET /readyz`.
+pub(super) fn readyz() -> Operation {
+    own(
+        "Readiness",
+        "Ready when Redis answers a `PING`, this node's Redis subscription is live, the broker answers a metadata request (within 2 s) and the gateway is not stopping.",
+        "readyz",
+    )
+    .response(
+        "200",
+        ResponseBuilder::new().description("Ready.").content(
+            "application/json",
+            ContentBuilder::new().schema(Some(readiness(true))).build(),
+        ),
+    )
+    .response(
+        "503",
+        ResponseBuilder::new()
+            .description("Not ready: the fields say which part failed (all `true` with `ready: false` while stopping).")
+            .content(
+                "application/json",
+                ContentBuilder::new().schema(Some(readiness(false))).build(),
+            ),
+    )
+    .build()
+}
+
+/// `GET /openapi.json`.
+pub(super) fn openapi() -> Operation {
+    let document = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .required("openapi")
+        .required("info")
+        .required("paths")
+        .property("openapi", constant(super::OPENAPI_VERSION));
+    own(
+        "This document",
+        "The OpenAPI 3.1 description of the gateway's endpoints and its configured routes.",
+        "openapi",
+    )
+    .response(
+        "200",
+        ResponseBuilder::new().description("The document.").content(
+            "application/json",
+            ContentBuilder::new().schema(Some(document)).build(),
+        ),
+    )
+    .build()
+}

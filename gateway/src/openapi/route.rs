@@ -1,0 +1,375 @@
+//! The operation of one configured route: its parameters (path, `Prefer`,
+//! `Idempotency-Key`, forwarded and passed-on headers), its body, every answer
+//! the gateway may give on it, and who may call it.
+
+use utoipa::openapi::path::{
+    Operation, OperationBuilder, Parameter, ParameterBuilder, ParameterIn,
+};
+use utoipa::openapi::request_body::RequestBodyBuilder;
+use utoipa::openapi::{ContentBuilder, Required, SecurityRequirement};
+
+use super::parts::{
+    Headers, VISIBLE_ASCII_PATTERN, any, challenge_headers, component, examples, fields,
+    get_reply_link, header, human, location_header, pending_response, prefer_parameter,
+    problem_response, rate_limit_headers, reply_response, retry_after_header, string,
+    string_matching,
+};
+use crate::auth::RouteAuth;
+use crate::config::Settings;
+use crate::problem::ProblemKind;
+use crate::routes::Route;
+
+/// What `handlers::idempotency_key` accepts: after trimming, 1–255 printable ASCII
+/// characters without `"` or `\`, optionally in double quotes (a structured-field
+/// string).
+const IDEMPOTENCY_KEY_PATTERN: &str = "^[\\t ]*(?:\"[ !#-\\[\\]-~]{1,255}\"|[!#-\\[\\]-~](?:[ !#-\\[\\]-~]{0,253}[!#-\\[\\]-~])?)[\\t ]*$";
+
+/// Header parameters OpenAPI ignores (they are described by other means).
+const IGNORED_HEADER_PARAMETERS: &[&str] = &["accept", "content-type", "authorization"];
+
+/// The security schemes that can let a caller in on `route`.
+pub(super) fn accepted_schemes(settings: &Settings, route: &Route) -> Vec<&'static str> {
+    let keys = !settings.auth.api_keys.is_empty();
+    let jwt = settings.auth.jwt.is_some();
+    let (api_key, token) = match route.auth {
+        RouteAuth::None => (false, false),
+        RouteAuth::ApiKey => (true, false),
+        RouteAuth::Jwt => (false, true),
+        RouteAuth::Any => (keys, jwt),
+    };
+    let mut schemes = Vec::new();
+    if api_key {
+        schemes.push("apiKey");
+    }
+    if token {
+        schemes.push("jwt");
+    }
+    schemes
+}
+
+/// A header parameter.
+fn header_parameter(name: &str, description: &str, pattern: Option<&str>) -> Parameter {
+    let schema = match pattern {
+        Some(pattern) => string_matching(pattern),
+        None => string(),
+    };
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(description))
+        .schema(Some(schema))
+        .build()
+}
+
+/// Header parameters by lower-case name; a header named twice gets both
+/// descriptions.
+#[derive(Default)]
+struct HeaderParameters(Vec<(String, Parameter)>);
+
+impl HeaderParameters {
+    fn add(&mut self, name: &str, parameter: impl FnOnce() -> Parameter, note: &str) {
+        if let Some((_, existing)) = self.0.iter_mut().find(|(n, _)| n == name) {
+            if let Some(description) = &mut existing.description {
+                description.push(' ');
+                description.push_str(note);
+            }
+            return;
+        }
+        self.0.push((name.to_owned(), parameter()));
+    }
+}
+
+/// The path parameters: each `{name}` of the pattern.
+fn path_parameters(route: &Route) -> Vec<Parameter> {
+    route
+        .param_names()
+        .into_iter()
+        .map(|name| {
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Path)
+                .required(Required::True)
+                .description(Some(format!(
+                    "A non-empty path segment, percent-decoded; sent to the service as the record header `param-{name}`. A segment that is not percent-encoded UTF-8 matches no route (`404`)."
+                )))
+                .schema(Some(string().min_length(Some(1))))
+                .build()
+        })
+        .collect()
+}
+
+/// The header parameters, and the forwarded headers OpenAPI has no parameter for.
+fn header_parameters(settings: &Settings, route: &Route) -> (Vec<Parameter>, Vec<String>) {
+    let mut headers = HeaderParameters::default();
+    let timeout = human(route.timeout);
+    headers.0.push(("prefer".into(), prefer_parameter(format!(
+        "RFC 7240 preferences; others are ignored. `respond-async`: answer `202` at once with `Location` (the command's deadline is then the reply TTL, {}). `wait=N`: wait at most N seconds for the reply instead of the route's {timeout} (a longer wait is capped; `wait=0` does not wait); the command's deadline is then that wait, after which a service may drop it. A `wait` that is not a whole number of seconds (0–4294967295), or a value that is not visible ASCII: `400`.",
+        human(settings.redis.ttl)
+    ))));
+    let idempotency_key = ParameterBuilder::new()
+        .name("Idempotency-Key")
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(format!(
+            "The first request with a key on this route makes the correlation; a retry with the same key, method, path and body — on any replica, also while the first is in flight — gets that request's correlation id and reply (with `Prefer: respond-async`: the reply if stored, else `202`) and produces nothing. The same key with another request: `422`. Keys are remembered for {}. A key sent twice, empty, longer than 255 characters or with other characters: `400`.",
+            human(settings.idempotency_ttl())
+        )))
+        .schema(Some(string_matching(IDEMPOTENCY_KEY_PATTERN)))
+        .extensions(fields([(
+            "examples",
+            examples(&[("uuid", "\"8e03978e-40d5-43e8-bc93-6894a57f9324\"")]),
+        )]))
+        .build();
+    headers.0.push(("idempotency-key".into(), idempotency_key));
+
+    let mut not_parameters = Vec::new();
+    for name in &route.forward_headers {
+        let name = name.as_str();
+        if IGNORED_HEADER_PARAMETERS.contains(&name) {
+            not_parameters.push(format!("`{name}`"));
+            continue;
+        }
+        let note = format!(
+            "Forwarded to the service as the record header `header-{name}` (several values joined with `, `); a value that is not visible ASCII: `400`."
+        );
+        headers.add(
+            name,
+            || header_parameter(name, &note, Some(VISIBLE_ASCII_PATTERN)),
+            &note,
+        );
+    }
+    let mut passed = vec![
+        (
+            "traceparent".to_owned(),
+            "W3C trace context, passed to the service as the record header `traceparent` when visible ASCII.",
+        ),
+        (
+            "tracestate".to_owned(),
+            "W3C trace context, passed to the service as the record header `tracestate` when visible ASCII.",
+        ),
+    ];
+    if let Some(client) = &settings.client_id_header {
+        passed.push((
+            client.to_ascii_lowercase(),
+            "The calling client's id, set by the trusted proxy in front of the gateway; passed to the service as the record header `client-id` when visible ASCII and not empty.",
+        ));
+    }
+    for (name, description) in passed {
+        headers.add(
+            &name,
+            || header_parameter(&name, description, None),
+            description,
+        );
+    }
+    (
+        headers.0.into_iter().map(|(_, p)| p).collect(),
+        not_parameters,
+    )
+}
+
+/// What the operation says of the route: what it does, its wait, what else is
+/// forwarded, which reply headers pass.
+fn description(route: &Route, not_parameters: &[String]) -> String {
+    let mut description = format!(
+        "Produces the request as a command to Kafka and answers with the service's reply: its status (200–599), content type, headers and body, with `correlation-id`. Waits up to {} for the reply (`Prefer: wait=N` shortens it), then answers `504` with `Location`: the reply is still collected and can be fetched there. The command carries the method, the path, the path parameters, the body's content type and the forwarded headers.",
+        human(route.timeout)
+    );
+    if !not_parameters.is_empty() {
+        description.push_str(&format!(
+            " Also forwarded as `header-<name>`: {} (described by other means in OpenAPI).",
+            not_parameters.join(", ")
+        ));
+    }
+    if let Some(allowed) = &route.reply_headers {
+        let mut allowed: Vec<&str> = allowed.iter().map(|h| h.as_str()).collect();
+        allowed.sort_unstable();
+        let allowed = if allowed.is_empty() {
+            "none".to_owned()
+        } else {
+            allowed
+                .iter()
+                .map(|h| format!("`{h}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        description.push_str(&format!(" Reply headers passed to the client: {allowed}."));
+    }
+    description
+}
+
+/// The operation of `route`, named `operation_id`.
+pub(super) fn operation(settings: &Settings, route: &Route, operation_id: &str) -> Operation {
+    let (headers, not_parameters) = header_parameters(settings, route);
+    let timeout = human(route.timeout);
+    let limit = route.body_limit;
+    // Headers on the gateway's every answer that is not an error.
+    let answered: fn() -> Headers = if route.rate_limit.is_some() {
+        rate_limit_headers
+    } else {
+        Vec::new
+    };
+
+    let mut operation = OperationBuilder::new()
+        .tag("routes")
+        .summary(Some(&route.name))
+        .description(Some(description(route, &not_parameters)))
+        .operation_id(Some(operation_id))
+        .parameters(Some(path_parameters(route).into_iter().chain(headers)))
+        .request_body(Some(
+            RequestBodyBuilder::new()
+                .required(Some(Required::False))
+                .description(Some(format!(
+                    "Any body of any media type, at most {limit} bytes, sent as the command's value; its `Content-Type` becomes the record header `content-type`."
+                )))
+                .content("*/*", ContentBuilder::new().schema(Some(any())).build())
+                .build(),
+        ))
+        .response(
+            "default",
+            reply_response(
+                "The service's reply, with its status, content type and headers.",
+                answered(),
+            ),
+        )
+        .response(
+            "202",
+            pending_response(
+                "With `Prefer: respond-async`: the command is produced and its reply can be fetched at `Location`.",
+                true,
+                answered(),
+            ),
+        )
+        .response(
+            "400",
+            problem_response(
+                "A malformed `Prefer`, `Idempotency-Key`, forwarded header or `Content-Type` (`bad-request`), or a body that could not be read (`body-unreadable`).",
+                &[ProblemKind::BadRequest, ProblemKind::BodyUnreadable],
+                Vec::new(),
+            ),
+        )
+        .response(
+            "408",
+            problem_response(
+                &format!(
+                    "The body did not arrive within {} (`body-timeout`).",
+                    human(settings.body_read_timeout)
+                ),
+                &[ProblemKind::BodyTimeout],
+                Vec::new(),
+            ),
+        )
+        .response(
+            "413",
+            problem_response(
+                &format!(
+                    "The body is over {limit} bytes, by `Content-Length` or while reading (`body-too-large`)."
+                ),
+                &[ProblemKind::BodyTooLarge],
+                Vec::new(),
+            ),
+        )
+        .response(
+            "422",
+            problem_response(
+                "The `Idempotency-Key` was used on this route with another request (`idempotency-key-reused`).",
+                &[ProblemKind::IdempotencyKeyReused],
+                Vec::new(),
+            ),
+        )
+        .response("431", component("responses", "HeadersTooLarge"))
+        .response(
+            "503",
+            problem_response(
+                &format!(
+                    "Nothing half-done: {} requests already wait on this node (`overloaded`); Redis unreachable, nothing produced (`store-unavailable`); the broker did not take the command, or did not acknowledge it within {} — then the pending record is removed and the body names the correlation id, under which a late delivery's reply is still stored (`broker-unavailable`); the gateway is stopping (`shutting-down`){}.",
+                    settings.max_waiting,
+                    human(settings.produce_timeout.min(route.timeout)),
+                    route.responder_group.as_ref().map_or_else(String::new, |g| format!(
+                        "; Kafka reports that consumer group `{g}`, which serves this route, has no active member: answered at once, nothing produced (`no-responders`)"
+                    )),
+                ),
+                &[
+                    ProblemKind::Overloaded,
+                    ProblemKind::StoreUnavailable,
+                    ProblemKind::BrokerUnavailable,
+                    ProblemKind::ShuttingDown,
+                    ProblemKind::NoResponders,
+                ],
+                vec![("retry-after", retry_after_header("the gateway's `503`"))],
+            ),
+        )
+        .response(
+            "504",
+            problem_response(
+                &format!(
+                    "No reply within {timeout} (or the `Prefer: wait`): the body names the correlation id; the reply is still collected and can be fetched at `Location` (`reply-timeout`)."
+                ),
+                &[ProblemKind::ReplyTimeout],
+                vec![("location", location_header())],
+            )
+            .link("GetReply", get_reply_link()),
+        );
+    if !route.param_names().is_empty() {
+        operation = operation.response(
+            "404",
+            problem_response(
+                "A path segment that is not percent-encoded UTF-8 (`no-route`).",
+                &[ProblemKind::NoRoute],
+                Vec::new(),
+            ),
+        );
+    }
+    if route.auth != RouteAuth::None {
+        operation = operation
+            .response(
+                "401",
+                problem_response(
+                    "No credentials, or credentials that do not check out (`unauthenticated`); nothing produced.",
+                    &[ProblemKind::Unauthenticated],
+                    challenge_headers(),
+                ),
+            )
+            .response(
+                "403",
+                problem_response(
+                    "Authenticated without a scope the route requires (`forbidden`); nothing produced.",
+                    &[ProblemKind::Forbidden],
+                    challenge_headers(),
+                ),
+            );
+    }
+    if let Some(limit) = &route.rate_limit {
+        let mut headers = rate_limit_headers();
+        headers.push((
+            "retry-after",
+            header(
+                "Seconds until a request is allowed again, on the gateway's answer.",
+                string(),
+                false,
+            ),
+        ));
+        operation = operation.response(
+            "429",
+            problem_response(
+                &format!(
+                    "Over the route's rate limit of {} requests at once, one more every {}, per caller (the principal, else the client's address), over all replicas (`rate-limited`); nothing produced.",
+                    limit.burst,
+                    human(limit.interval)
+                ),
+                &[ProblemKind::RateLimited],
+                headers,
+            ),
+        );
+    }
+    let schemes = accepted_schemes(settings, route);
+    if !schemes.is_empty() {
+        // Scopes: every one is required, whichever credentials carry them.
+        operation = operation.securities(Some(
+            schemes
+                .iter()
+                .map(|scheme| SecurityRequirement::new(*scheme, route.scopes.iter())),
+        ));
+    }
+    operation.build()
+}

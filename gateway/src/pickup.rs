@@ -1,0 +1,121 @@
+//! `GET /v1/replies/{id}`: the reply of an earlier request (after a `202` or a
+//! `504`), from any replica; `202` while pending, `404` when unknown;
+//! `Prefer: wait=N` long-polls (at most `max_poll_wait`).
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+
+use replyway_shared::record::is_valid_correlation_id;
+use replyway_shared::store::{Lookup, PendingInfo};
+
+use crate::auth::RouteAuth;
+use crate::observe::Label;
+use crate::prefer::Prefer;
+use crate::problem::GatewayError;
+use crate::reply::{pending_response, reply_response};
+use crate::state::AppState;
+
+/// Route label of `GET /v1/replies/{id}` in logs and metrics.
+pub const REPLIES_ROUTE: &str = "replies";
+
+/// The handler.
+pub async fn get_reply(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Response {
+    tracing::Span::current().record("route", REPLIES_ROUTE);
+    let result = match id {
+        Ok(Path(id)) => lookup(&state, id, &headers).await,
+        // Not valid percent-encoded UTF-8: a malformed id like any other.
+        Err(_) => Err(GatewayError::BadRequest("malformed correlation id".into())),
+    };
+    if let Err(e) = &result {
+        state.count_error(e);
+    }
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    response.extensions_mut().insert(Label::Own(REPLIES_ROUTE));
+    response
+}
+
+async fn lookup(
+    state: &AppState,
+    id: String,
+    headers: &HeaderMap,
+) -> Result<Response, GatewayError> {
+    if !is_valid_correlation_id(&id) {
+        return Err(GatewayError::BadRequest("malformed correlation id".into()));
+    }
+    tracing::Span::current().record("correlation_id", id.as_str());
+    if state.signer.as_ref().is_some_and(|s| !s.verify(&id)) {
+        // Not issued here: unknown, without asking Redis.
+        return Err(GatewayError::UnknownReply(id));
+    }
+    let prefer =
+        Prefer::from_headers(headers).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+    let wait = prefer
+        .wait
+        .map(|w| w.min(state.settings.max_poll_wait))
+        .filter(|w| !w.is_zero());
+    // A long-poll takes its place among the waiting requests before asking Redis.
+    let mut waiter = match wait {
+        Some(_) => Some(
+            state
+                .node
+                .admit()
+                .map_err(|_| GatewayError::Overloaded)?
+                .register(&id),
+        ),
+        None => None,
+    };
+    let caller = state
+        .auth
+        .identify(headers)
+        .map_err(|e| state.auth_error(e))?
+        .map(|p| p.id);
+    let lookup = state
+        .node
+        .store()
+        .lookup(&id, waiter.as_ref().map(|_| state.node.id()))
+        .await
+        .map_err(GatewayError::Redis)?;
+    // A reply goes only to whoever made the request; to anyone else the id is
+    // unknown (404, not 403, so that ids cannot be probed). Without the
+    // pending record the owner is unknown: served only where no route
+    // authenticates.
+    let owned = |pending: Option<&PendingInfo>| match pending {
+        Some(p) => p.principal.is_none() || p.principal == caller,
+        None => !state
+            .routes
+            .routes()
+            .iter()
+            .any(|r| r.auth != RouteAuth::None),
+    };
+    let lookup = match lookup {
+        Lookup::Reply(_, ref pending) if !owned(pending.as_ref()) => Lookup::Unknown,
+        Lookup::Pending(ref pending) if !owned(Some(pending)) => Lookup::Unknown,
+        other => other,
+    };
+    let allowed = |route: Option<&str>| {
+        route
+            .and_then(|name| state.routes.named(name))
+            .and_then(|r| r.reply_headers.as_ref())
+    };
+    match lookup {
+        Lookup::Reply(reply, pending) => Ok(reply_response(
+            &id,
+            &reply,
+            allowed(pending.as_ref().map(|p| p.route.as_str())),
+        )),
+        Lookup::Unknown => Err(GatewayError::UnknownReply(id)),
+        Lookup::Pending(pending) => match (waiter.as_mut(), wait) {
+            (Some(waiter), Some(wait)) => match tokio::time::timeout(wait, waiter.reply()).await {
+                Ok(reply) => Ok(reply_response(&id, &reply, allowed(Some(&pending.route)))),
+                Err(_) => Ok(pending_response(&id)),
+            },
+            _ => Ok(pending_response(&id)),
+        },
+    }
+}

@@ -1,0 +1,76 @@
+//! The HTTP answer for a reply (status, body and the reply headers a route lets
+//! through), and `202 Accepted` while a reply is pending.
+
+use std::collections::HashSet;
+
+use axum::Json;
+use axum::body::Body;
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use replyway_shared::Reply;
+
+use crate::CORRELATION_ID;
+use crate::problem::reply_location;
+
+/// Reply headers never passed to the HTTP response: hop-by-hop and framing
+/// headers, and the ones the gateway sets itself.
+const DENIED_REPLY_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "content-type",
+    "correlation-id",
+    "location",
+];
+
+/// The HTTP answer for a reply.
+pub fn reply_response(id: &str, reply: &Reply, allowed: Option<&HashSet<HeaderName>>) -> Response {
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response = Response::new(Body::from(reply.body.clone()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    for (name, value) in &reply.headers {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) else {
+            continue;
+        };
+        if DENIED_REPLY_HEADERS.contains(&name.as_str())
+            || allowed.is_some_and(|a| !a.contains(&name))
+        {
+            continue;
+        }
+        headers.append(name, value);
+    }
+    if let Some(Ok(ct)) = reply.content_type.as_deref().map(HeaderValue::from_str) {
+        headers.insert(header::CONTENT_TYPE, ct);
+    }
+    if let Ok(v) = HeaderValue::from_str(id) {
+        headers.insert(CORRELATION_ID.clone(), v);
+    }
+    response
+}
+
+/// `202 Accepted` for a request whose reply is not there yet.
+pub fn pending_response(id: &str) -> Response {
+    let location = reply_location(id);
+    let body =
+        serde_json::json!({ "correlation_id": id, "status": "pending", "location": location });
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    let headers = response.headers_mut();
+    if let (Ok(loc), Ok(cid)) = (HeaderValue::from_str(&location), HeaderValue::from_str(id)) {
+        headers.insert(header::LOCATION, loc);
+        headers.insert(CORRELATION_ID.clone(), cid);
+    }
+    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}

@@ -1,0 +1,333 @@
+//! A configured route: the HTTP request becomes a command, produced through
+//! the node's [`submit`](replyway_shared::exchange::Node::submit), and is
+//! answered with its reply (or `202` with `Prefer: respond-async`).
+//!
+//! The order of the steps is the order of their cost: a request that will
+//! wait takes its place among the node's waiting requests (`max_waiting`)
+//! before anything else is read; then authentication and the rate limit; then
+//! the body; then Redis and Kafka.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::RawPathParamsRejection;
+use axum::extract::{FromRequestParts as _, RawPathParams, Request, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use replyway_shared::exchange::{Command, SubmitError, Submitted as Produced};
+use replyway_shared::record::{Request as Record, new_correlation_id};
+use replyway_shared::trace::{TraceContext, continue_trace};
+use replyway_shared::waiters::Ticket;
+
+use crate::idempotency::{Claimed, Claiming, Scope};
+use crate::observe::Label;
+use crate::prefer::Prefer;
+use crate::problem::GatewayError;
+use crate::ratelimit::RateInfo;
+use crate::reply::{pending_response, reply_response};
+use crate::routes::Route;
+use crate::state::AppState;
+
+/// A route's handler state: the gateway's, and the route it serves.
+#[derive(Clone)]
+pub struct RouteState {
+    /// The gateway.
+    pub app: AppState,
+    /// The route.
+    pub route: Arc<Route>,
+}
+
+/// The handler of every configured route.
+pub async fn serve(
+    State(RouteState { app, route }): State<RouteState>,
+    request: Request,
+) -> Response {
+    tracing::Span::current().record("route", route.name.as_str());
+    let result = answer(&app, &route, request).await;
+    match &result {
+        Err(GatewayError::Timeout(..)) => {
+            app.metrics
+                .timeouts
+                .get_or_create(&crate::metrics::RouteLabel {
+                    route: route.name.clone(),
+                })
+                .inc();
+        }
+        Err(e) => app.count_error(e),
+        Ok(_) => {}
+    }
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    response.extensions_mut().insert(Label::Route(route));
+    response
+}
+
+async fn answer(
+    state: &AppState,
+    route: &Route,
+    request: Request,
+) -> Result<Response, GatewayError> {
+    // Submitting is boxed and freed before the wait: what stays allocated while
+    // a request waits (thousands at once) is only the waiting state.
+    let (submitted, rate) = Box::pin(submit(state, route, request)).await?;
+    let mut response = match submitted {
+        Submitted::Answered(response) => response,
+        Submitted::Waiting { id, produced, wait } => match produced.reply(wait).await {
+            Some(reply) => reply_response(&id, &reply, route.reply_headers.as_ref()),
+            None => return Err(GatewayError::Timeout(wait.as_millis(), id)),
+        },
+    };
+    if let Some(rate) = rate {
+        rate.add_headers(response.headers_mut());
+    }
+    Ok(response)
+}
+
+/// A request whose command is on its way.
+enum Submitted {
+    /// Answered already (async, or a retry whose reply was there).
+    Answered(Response),
+    /// Waiting for its reply.
+    Waiting {
+        id: String,
+        produced: Produced,
+        wait: Duration,
+    },
+}
+
+/// Everything before the wait.
+async fn submit(
+    state: &AppState,
+    route: &Route,
+    request: Request,
+) -> Result<(Submitted, Option<RateInfo>), GatewayError> {
+    if state.shutdown.is_cancelled() {
+        return Err(GatewayError::ShuttingDown);
+    }
+    let prefer = Prefer::from_headers(request.headers())
+        .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+    // A request that will wait takes its place among the waiting requests
+    // (`max_waiting`) before its body is read: at the bound it costs nothing
+    // but this answer. `respond-async` requests hold no waiter.
+    let mut ticket = if prefer.respond_async {
+        None
+    } else {
+        Some(state.node.admit().map_err(|_| GatewayError::Overloaded)?)
+    };
+    if let Some(group) = &route.responder_group
+        && state.responders.none_active(group)
+    {
+        return Err(GatewayError::NoResponders(group.clone()));
+    }
+    let (mut parts, body) = request.into_parts();
+    let params = match RawPathParams::from_request_parts(&mut parts, &()).await {
+        Ok(matched) => route.params(&matched),
+        Err(RawPathParamsRejection::MissingPathParams(_)) => BTreeMap::new(),
+        // Not percent-encoded UTF-8: no route has such a path.
+        Err(_) => return Err(GatewayError::NoRoute(parts.uri.path().to_owned())),
+    };
+    let headers = &parts.headers;
+    let peer = parts.extensions.get::<crate::PeerAddr>().map(|p| p.0);
+    let trace = parts
+        .extensions
+        .get::<TraceContext>()
+        .cloned()
+        .unwrap_or_else(|| continue_trace(&tracing::Span::current(), None));
+
+    let principal = state
+        .auth
+        .check(route.auth, &route.scopes, headers)
+        .map_err(|e| state.auth_error(e))?;
+    let rate = Box::pin(crate::ratelimit::check(
+        state,
+        route,
+        principal.as_ref(),
+        headers,
+        peer,
+    ))
+    .await?;
+    let principal = principal.map(|p| p.id);
+    let wait = prefer.wait.map_or(route.timeout, |w| w.min(route.timeout));
+    let record = Record {
+        content_type: text_header(headers, header::CONTENT_TYPE.as_str())?,
+        method: Some(parts.method.as_str().to_owned()),
+        path: Some(parts.uri.path().to_owned()),
+        traceparent: Some(trace.traceparent()),
+        tracestate: trace.state,
+        client_id: client_id(state, principal.as_deref(), headers),
+        headers: forwarded_headers(route, headers)?,
+        params,
+        ..Record::default()
+    };
+    let body = read_body(
+        body,
+        headers,
+        route.body_limit,
+        state.settings.body_read_timeout,
+    )
+    .await?;
+
+    let mut id = state
+        .signer
+        .as_ref()
+        .map_or_else(new_correlation_id, |s| s.issue());
+    tracing::Span::current().record("correlation_id", id.as_str());
+    let scope = match crate::idempotency::key(headers)? {
+        Some(key) => {
+            let scope = Scope::new(route, principal.as_deref(), &key);
+            let claiming = Claiming {
+                route,
+                scope: &scope,
+                id: &id,
+                fingerprint: Claiming::fingerprint(&parts.method, parts.uri.path(), &body),
+                prefer: &prefer,
+                wait,
+            };
+            // Boxed, as are the other steps of requests with an idempotency
+            // key: the common path's future stays smaller.
+            match Box::pin(crate::idempotency::claim(state, claiming, &mut ticket)).await? {
+                Claimed::Ours => {}
+                Claimed::TookOver(first) => {
+                    tracing::info!(correlation_id = %first, "taking over an idempotency claim whose command was never produced");
+                    tracing::Span::current().record("correlation_id", first.as_str());
+                    id = first;
+                }
+                Claimed::Answered(response) => return Ok((Submitted::Answered(response), rate)),
+            }
+            Some(scope)
+        }
+        None => None,
+    };
+
+    let key = route.key(&id, &record.params);
+    let waiting = if prefer.respond_async {
+        None
+    } else {
+        Some(take(state, &mut ticket)?)
+    };
+    drop(ticket);
+    let command = Command {
+        request: Record {
+            correlation_id: id.clone(),
+            body,
+            ..record
+        },
+        topic: &route.topic,
+        key: key.as_bytes(),
+        label: &route.name,
+        principal: principal.as_deref(),
+        spring_headers: route.spring_headers,
+        within: route.timeout,
+    };
+    let produced = match state.node.submit(command, waiting).await {
+        Ok(produced) => produced,
+        Err(e) => {
+            if let Some(scope) = &scope {
+                scope.release(state, &id).await;
+            }
+            return Err(match e {
+                SubmitError::Redis(e) => GatewayError::Redis(e),
+                SubmitError::Kafka(e) => GatewayError::Kafka(e),
+                SubmitError::KafkaTimeout(bound) => {
+                    GatewayError::KafkaTimeout(bound.as_millis(), id)
+                }
+            });
+        }
+    };
+    if let Some(scope) = &scope {
+        Box::pin(scope.produced(state, &id)).await;
+    }
+    if prefer.respond_async {
+        let mut response = pending_response(&id);
+        response.headers_mut().insert(
+            "preference-applied",
+            HeaderValue::from_static("respond-async"),
+        );
+        return Ok((Submitted::Answered(response), rate));
+    }
+    Ok((Submitted::Waiting { id, produced, wait }, rate))
+}
+
+/// The request's ticket, or a new one when a follow used it up.
+fn take(state: &AppState, ticket: &mut Option<Ticket>) -> Result<Ticket, GatewayError> {
+    match ticket.take() {
+        Some(ticket) => Ok(ticket),
+        None => state.node.admit().map_err(|_| GatewayError::Overloaded),
+    }
+}
+
+/// A header's text, when sent; an error when it is not visible ASCII.
+fn text_header(headers: &HeaderMap, name: &str) -> Result<Option<String>, GatewayError> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str()
+                .map(str::to_owned)
+                .map_err(|_| GatewayError::BadRequest(format!("{name} is not visible ASCII")))
+        })
+        .transpose()
+}
+
+/// The record's `client-id`: the authenticated principal, else what a
+/// trusted proxy says in `client_id_header`.
+fn client_id(state: &AppState, principal: Option<&str>, headers: &HeaderMap) -> Option<String> {
+    match (principal, &state.settings.client_id_header) {
+        (Some(p), _) => Some(p.to_owned()),
+        (None, Some(name)) => headers
+            .get(name.as_str())
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned),
+        (None, None) => None,
+    }
+}
+
+/// The route's `forward_headers` that the request carries, each as one value.
+fn forwarded_headers(
+    route: &Route,
+    headers: &HeaderMap,
+) -> Result<BTreeMap<String, String>, GatewayError> {
+    let mut forwarded = BTreeMap::new();
+    for name in &route.forward_headers {
+        let mut values = Vec::new();
+        for value in headers.get_all(name) {
+            values.push(value.to_str().map_err(|_| {
+                GatewayError::BadRequest(format!("header {name} is not visible ASCII"))
+            })?);
+        }
+        if !values.is_empty() {
+            forwarded.insert(name.as_str().to_owned(), values.join(", "));
+        }
+    }
+    Ok(forwarded)
+}
+
+/// Reads the body within the route's limit and `body_read_timeout`.
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    within: Duration,
+) -> Result<Bytes, GatewayError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(GatewayError::BodyTooLarge(limit));
+    }
+    let collected = tokio::time::timeout(within, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| GatewayError::BodyTimeout)?;
+    match collected {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(GatewayError::BodyTooLarge(limit))
+        }
+        Err(_) => Err(GatewayError::BodyRead),
+    }
+}
