@@ -4,6 +4,7 @@
 //! start their own.
 
 mod compose;
+mod docs;
 mod faults;
 mod idempotency;
 mod kafka_faults;
