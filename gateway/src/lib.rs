@@ -12,6 +12,7 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod digest;
 pub mod health;
 pub mod idempotency;
 pub mod metrics;

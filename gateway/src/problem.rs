@@ -6,6 +6,8 @@ use serde::Serialize;
 
 use replyway_shared::store::StoreError;
 
+use crate::reply::reply_location;
+
 /// Everything a gateway request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -64,12 +66,8 @@ pub enum GatewayError {
     )]
     NoResponders(String),
     /// Over the route's rate limit.
-    #[error("rate limit exceeded; retry in {} s", retry_after_secs(.0))]
+    #[error("rate limit exceeded; retry in {} s", .0.retry_after_secs())]
     RateLimited(crate::ratelimit::RateInfo),
-}
-
-fn retry_after_secs(info: &crate::ratelimit::RateInfo) -> u64 {
-    info.decision.retry_after.as_secs() + u64::from(info.decision.retry_after.subsec_nanos() > 0)
 }
 
 impl GatewayError {
@@ -300,11 +298,6 @@ struct Body<'a> {
     correlation_id: Option<&'a str>,
 }
 
-/// Location of a reply.
-pub fn reply_location(id: &str) -> String {
-    format!("/v1/replies/{id}")
-}
-
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         let kind = self.kind();
@@ -363,7 +356,7 @@ impl IntoResponse for GatewayError {
             info.add_headers(headers);
             headers.insert(
                 header::RETRY_AFTER,
-                HeaderValue::from(retry_after_secs(info)),
+                HeaderValue::from(info.retry_after_secs()),
             );
         }
         // Empty when axum's router sets `Allow` itself.

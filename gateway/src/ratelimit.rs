@@ -9,12 +9,9 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
 use replyway_shared::settings::InvalidSetting;
-use replyway_shared::store::{RateDecision, RateLimit};
+use replyway_shared::store::{RateDecision, RateLimit, Store, StoreError};
 
-use crate::auth::Principal;
-use crate::problem::GatewayError;
-use crate::routes::Route;
-use crate::state::AppState;
+use crate::digest::digest;
 
 /// A route's rate limit: `requests` per `per`, with bursts of up to `burst`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -95,61 +92,62 @@ impl RateInfo {
     }
 }
 
-/// Counts the request against the route's limit for its caller: the
-/// principal when authenticated, else the client's address. `None` on routes
-/// without a limit (no Redis round trip).
+/// Why a request did not pass its rate limit.
+#[derive(Debug)]
+pub enum Refused {
+    /// Over the limit.
+    Limited(RateInfo),
+    /// Redis did not answer.
+    Redis(StoreError),
+}
+
+/// Counts one request of `caller` (see [`caller`]) against the limit of the
+/// route named `route`: one Redis round trip.
 ///
 /// # Errors
-/// [`GatewayError::RateLimited`] over the limit; [`GatewayError::Redis`].
+/// [`Refused`].
 pub async fn check(
-    state: &AppState,
-    route: &Route,
-    principal: Option<&Principal>,
-    headers: &HeaderMap,
-    peer: Option<std::net::SocketAddr>,
-) -> Result<Option<RateInfo>, GatewayError> {
-    let Some(limit) = &route.rate_limit else {
-        return Ok(None);
-    };
-    let caller = match principal {
-        Some(p) => format!("principal:{}", p.id),
-        None => format!("address:{}", client_address(state, headers, peer)),
-    };
-    let scope = crate::idempotency::digest(&[route.name.as_bytes(), caller.as_bytes()]);
-    let decision = state
-        .node
-        .store()
-        .rate_limit(&scope, limit)
+    store: &Store,
+    route: &str,
+    limit: &RateLimit,
+    caller: &str,
+) -> Result<RateInfo, Refused> {
+    let cell = digest(&[route.as_bytes(), caller.as_bytes()]);
+    let decision = store
+        .rate_limit(&cell, limit)
         .await
-        .map_err(GatewayError::Redis)?;
+        .map_err(Refused::Redis)?;
     let info = RateInfo {
         decision,
         limit: *limit,
     };
     if decision.allowed {
-        Ok(Some(info))
+        Ok(info)
     } else {
-        Err(GatewayError::RateLimited(info))
+        Err(Refused::Limited(info))
     }
 }
 
-/// The client's address: the first address in `client_ip_header` when a
-/// trusted proxy sets it, else the connection's peer.
-fn client_address(
-    state: &AppState,
+/// Whom a limit counts: the principal when authenticated, else the client's
+/// address — the first address in `client_ip_header` when a trusted proxy sets
+/// it, else the connection's peer.
+pub fn caller(
+    principal: Option<&str>,
+    client_ip_header: Option<&str>,
     headers: &HeaderMap,
     peer: Option<std::net::SocketAddr>,
 ) -> String {
-    state
-        .settings
-        .client_ip_header
-        .as_ref()
-        .and_then(|name| headers.get(name.as_str()))
+    if let Some(principal) = principal {
+        return format!("principal:{principal}");
+    }
+    let address = client_ip_header
+        .and_then(|name| headers.get(name))
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(',').next())
         .map(str::trim)
         .filter(|v| !v.is_empty() && v.len() <= 64)
         .map(str::to_owned)
         .or_else(|| peer.map(|p| p.ip().to_string()))
-        .unwrap_or_else(|| "unknown".into())
+        .unwrap_or_else(|| "unknown".into());
+    format!("address:{address}")
 }

@@ -11,7 +11,11 @@ use axum::response::{IntoResponse, Response};
 use replyway_shared::Reply;
 
 use crate::CORRELATION_ID;
-use crate::problem::reply_location;
+
+/// Location of a reply.
+pub fn reply_location(id: &str) -> String {
+    format!("/v1/replies/{id}")
+}
 
 /// Reply headers never passed to the HTTP response: hop-by-hop and framing
 /// headers, and the ones the gateway sets itself.

@@ -28,7 +28,7 @@ use crate::idempotency::{Claimed, Claiming, Scope};
 use crate::observe::Label;
 use crate::prefer::Prefer;
 use crate::problem::GatewayError;
-use crate::ratelimit::RateInfo;
+use crate::ratelimit::{self, RateInfo, Refused};
 use crate::reply::{pending_response, reply_response};
 use crate::routes::Route;
 use crate::state::AppState;
@@ -142,14 +142,29 @@ async fn submit(
         .auth
         .check(route.auth, &route.scopes, headers)
         .map_err(|e| state.auth_error(e))?;
-    let rate = Box::pin(crate::ratelimit::check(
-        state,
-        route,
-        principal.as_ref(),
-        headers,
-        peer,
-    ))
-    .await?;
+    let rate = match &route.rate_limit {
+        None => None,
+        Some(limit) => {
+            let caller = ratelimit::caller(
+                principal.as_ref().map(|p| p.id.as_str()),
+                state.settings.client_ip_header.as_deref(),
+                headers,
+                peer,
+            );
+            match Box::pin(ratelimit::check(
+                state.node.store(),
+                &route.name,
+                limit,
+                &caller,
+            ))
+            .await
+            {
+                Ok(info) => Some(info),
+                Err(Refused::Limited(info)) => return Err(GatewayError::RateLimited(info)),
+                Err(Refused::Redis(e)) => return Err(GatewayError::Redis(e)),
+            }
+        }
+    };
     let principal = principal.map(|p| p.id);
     let wait = prefer.wait.map_or(route.timeout, |w| w.min(route.timeout));
     let record = Record {

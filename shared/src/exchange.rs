@@ -1,6 +1,5 @@
 //! The request–reply core: one node's side of the correlation, shared by the
-//! gateway (HTTP), the [`Requester`](crate::requester::Requester) and any other
-//! caller.
+//! gateway (HTTP), the `Requester` and any other caller.
 //!
 //! A [`Node`] owns what a waiting request needs: the node id, the bounded map
 //! of waiters, the node's one Redis subscription (through which the collector's
