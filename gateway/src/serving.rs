@@ -105,24 +105,7 @@ async fn submit(
     route: &Route,
     request: Request,
 ) -> Result<(Submitted, Option<RateInfo>), GatewayError> {
-    if state.shutdown.is_cancelled() {
-        return Err(GatewayError::ShuttingDown);
-    }
-    let prefer = Prefer::from_headers(request.headers())
-        .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
-    // A request that will wait takes its place among the waiting requests
-    // (`max_waiting`) before its body is read: at the bound it costs nothing
-    // but this answer. `respond-async` requests hold no waiter.
-    let mut ticket = if prefer.respond_async {
-        None
-    } else {
-        Some(state.node.admit().map_err(|_| GatewayError::Overloaded)?)
-    };
-    if let Some(group) = &route.responder_group
-        && state.responders.none_active(group)
-    {
-        return Err(GatewayError::NoResponders(group.clone()));
-    }
+    let (prefer, mut ticket) = admit(state, route, request.headers())?;
     let (mut parts, body) = request.into_parts();
     let params = match RawPathParams::from_request_parts(&mut parts, &()).await {
         Ok(matched) => route.params(&matched),
@@ -131,53 +114,14 @@ async fn submit(
         Err(_) => return Err(GatewayError::NoRoute(parts.uri.path().to_owned())),
     };
     let headers = &parts.headers;
-    let peer = parts.extensions.get::<crate::PeerAddr>().map(|p| p.0);
-    let trace = parts
-        .extensions
-        .get::<TraceContext>()
-        .cloned()
-        .unwrap_or_else(|| continue_trace(&tracing::Span::current(), None));
-
     let principal = state
         .auth
         .check(route.auth, &route.scopes, headers)
-        .map_err(|e| state.auth_error(e))?;
-    let rate = match &route.rate_limit {
-        None => None,
-        Some(limit) => {
-            let caller = ratelimit::caller(
-                principal.as_ref().map(|p| p.id.as_str()),
-                state.settings.client_ip_header.as_deref(),
-                headers,
-                peer,
-            );
-            match Box::pin(ratelimit::check(
-                state.node.store(),
-                &route.name,
-                limit,
-                &caller,
-            ))
-            .await
-            {
-                Ok(info) => Some(info),
-                Err(Refused::Limited(info)) => return Err(GatewayError::RateLimited(info)),
-                Err(Refused::Redis(e)) => return Err(GatewayError::Redis(e)),
-            }
-        }
-    };
-    let principal = principal.map(|p| p.id);
+        .map_err(|e| state.auth_error(e))?
+        .map(|p| p.id);
+    let rate = Box::pin(rate_limit(state, route, principal.as_deref(), &parts)).await?;
     let wait = prefer.wait.map_or(route.timeout, |w| w.min(route.timeout));
-    let record = Record {
-        content_type: text_header(headers, header::CONTENT_TYPE.as_str())?,
-        method: Some(parts.method.as_str().to_owned()),
-        path: Some(parts.uri.path().to_owned()),
-        traceparent: Some(trace.traceparent()),
-        tracestate: trace.state,
-        client_id: client_id(state, principal.as_deref(), headers),
-        headers: forwarded_headers(route, headers)?,
-        params,
-        ..Record::default()
-    };
+    let record = record(state, route, principal.as_deref(), &parts, params)?;
     let body = read_body(
         body,
         headers,
@@ -218,44 +162,18 @@ async fn submit(
         None => None,
     };
 
-    let key = route.key(&id, &record.params);
     let waiting = if prefer.respond_async {
         None
     } else {
         Some(take(state, &mut ticket)?)
     };
     drop(ticket);
-    let command = Command {
-        request: Record {
-            correlation_id: id.clone(),
-            body,
-            ..record
-        },
-        topic: &route.topic,
-        key: key.as_bytes(),
-        label: &route.name,
-        principal: principal.as_deref(),
-        spring_headers: route.spring_headers,
-        within: route.timeout,
+    let record = Record {
+        correlation_id: id.clone(),
+        body,
+        ..record
     };
-    let produced = match state.node.submit(command, waiting).await {
-        Ok(produced) => produced,
-        Err(e) => {
-            if let Some(scope) = &scope {
-                scope.release(state, &id).await;
-            }
-            return Err(match e {
-                SubmitError::Redis(e) => GatewayError::Redis(e),
-                SubmitError::Kafka(e) => GatewayError::Kafka(e),
-                SubmitError::KafkaTimeout(bound) => {
-                    GatewayError::KafkaTimeout(bound.as_millis(), id)
-                }
-            });
-        }
-    };
-    if let Some(scope) = &scope {
-        Box::pin(scope.produced(state, &id)).await;
-    }
+    let produced = produce(state, route, record, principal.as_deref(), waiting, scope).await?;
     if prefer.respond_async {
         let mut response = pending_response(&id);
         response.headers_mut().insert(
@@ -265,6 +183,127 @@ async fn submit(
         return Ok((Submitted::Answered(response), rate));
     }
     Ok((Submitted::Waiting { id, produced, wait }, rate))
+}
+
+/// The checks that cost nothing, before anything is read: the gateway is
+/// not stopping, the route's service has members, and a request that will
+/// wait takes its place among the waiting requests (`max_waiting`) — at the
+/// bound it costs nothing but the `503`. `respond-async` requests hold no
+/// waiter and take no place.
+fn admit(
+    state: &AppState,
+    route: &Route,
+    headers: &HeaderMap,
+) -> Result<(Prefer, Option<Ticket>), GatewayError> {
+    if state.shutdown.is_cancelled() {
+        return Err(GatewayError::ShuttingDown);
+    }
+    let prefer =
+        Prefer::from_headers(headers).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+    let ticket = if prefer.respond_async {
+        None
+    } else {
+        Some(state.node.admit().map_err(|_| GatewayError::Overloaded)?)
+    };
+    if let Some(group) = &route.responder_group
+        && state.responders.none_active(group)
+    {
+        return Err(GatewayError::NoResponders(group.clone()));
+    }
+    Ok((prefer, ticket))
+}
+
+/// Counts the request against the route's rate limit, when it has one.
+async fn rate_limit(
+    state: &AppState,
+    route: &Route,
+    principal: Option<&str>,
+    parts: &axum::http::request::Parts,
+) -> Result<Option<RateInfo>, GatewayError> {
+    let Some(limit) = &route.rate_limit else {
+        return Ok(None);
+    };
+    let caller = ratelimit::caller(
+        principal,
+        state.settings.client_ip_header.as_deref(),
+        &parts.headers,
+        parts.extensions.get::<crate::PeerAddr>().map(|p| p.0),
+    );
+    match ratelimit::check(state.node.store(), &route.name, limit, &caller).await {
+        Ok(info) => Ok(Some(info)),
+        Err(Refused::Limited(info)) => Err(GatewayError::RateLimited(info)),
+        Err(Refused::Redis(e)) => Err(GatewayError::Redis(e)),
+    }
+}
+
+/// The command's record, without its correlation id and body.
+fn record(
+    state: &AppState,
+    route: &Route,
+    principal: Option<&str>,
+    parts: &axum::http::request::Parts,
+    params: BTreeMap<String, String>,
+) -> Result<Record, GatewayError> {
+    let headers = &parts.headers;
+    let trace = parts
+        .extensions
+        .get::<TraceContext>()
+        .cloned()
+        .unwrap_or_else(|| continue_trace(&tracing::Span::current(), None));
+    Ok(Record {
+        content_type: text_header(headers, header::CONTENT_TYPE.as_str())?,
+        method: Some(parts.method.as_str().to_owned()),
+        path: Some(parts.uri.path().to_owned()),
+        traceparent: Some(trace.traceparent()),
+        tracestate: trace.state,
+        client_id: client_id(state, principal, headers),
+        headers: forwarded_headers(route, headers)?,
+        params,
+        ..Record::default()
+    })
+}
+
+/// Produces the command through the node; an idempotency claim is marked
+/// produced, or released when the command could not be produced.
+async fn produce(
+    state: &AppState,
+    route: &Route,
+    record: Record,
+    principal: Option<&str>,
+    waiting: Option<Ticket>,
+    scope: Option<Scope>,
+) -> Result<Produced, GatewayError> {
+    let id = record.correlation_id.clone();
+    let key = route.key(&id, &record.params);
+    let command = Command {
+        request: record,
+        topic: &route.topic,
+        key: key.as_bytes(),
+        label: &route.name,
+        principal,
+        spring_headers: route.spring_headers,
+        within: route.timeout,
+    };
+    match state.node.submit(command, waiting).await {
+        Ok(produced) => {
+            if let Some(scope) = &scope {
+                Box::pin(scope.produced(state, &id)).await;
+            }
+            Ok(produced)
+        }
+        Err(e) => {
+            if let Some(scope) = &scope {
+                scope.release(state, &id).await;
+            }
+            Err(match e {
+                SubmitError::Redis(e) => GatewayError::Redis(e),
+                SubmitError::Kafka(e) => GatewayError::Kafka(e),
+                SubmitError::KafkaTimeout(bound) => {
+                    GatewayError::KafkaTimeout(bound.as_millis(), id)
+                }
+            })
+        }
+    }
 }
 
 /// The request's ticket, or a new one when a follow used it up.
