@@ -367,8 +367,9 @@ async fn spans_are_exported_over_otlp_when_an_endpoint_is_configured() -> TestRe
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut gateway = replyway_tests::Proc::spawn("replyway-gateway", &settings, Some(addr))?;
     let url = format!("http://{addr}/echo");
+    let id = std::sync::Mutex::new(String::new());
     let answered = eventually(Duration::from_secs(20), || async {
-        stack
+        let Ok(response) = stack
             .http
             .post(&url)
             .header(
@@ -378,7 +379,13 @@ async fn spans_are_exported_over_otlp_when_an_endpoint_is_configured() -> TestRe
             .body("exported")
             .send()
             .await
-            .is_ok_and(|r| r.status() == 200)
+        else {
+            return false;
+        };
+        if let Some(cid) = response.headers().get("correlation-id") {
+            *id.lock().expect("not poisoned") = cid.to_str().unwrap_or_default().to_owned();
+        }
+        response.status() == 200
     })
     .await;
     assert!(
@@ -386,6 +393,14 @@ async fn spans_are_exported_over_otlp_when_an_endpoint_is_configured() -> TestRe
         "the exporting gateway did not answer:\n{}",
         gateway.log()
     );
+    let id = id.into_inner().expect("not poisoned");
+    // A pick-up gets its span too.
+    let picked = stack
+        .http
+        .get(format!("http://{addr}/v1/replies/{id}"))
+        .send()
+        .await?;
+    assert_eq!(picked.status(), 200);
     gateway.signal("TERM")?;
     assert!(gateway.wait_exit(Duration::from_secs(20)).await.is_some());
 
@@ -413,6 +428,17 @@ async fn spans_are_exported_over_otlp_when_an_endpoint_is_configured() -> TestRe
         all.windows(b"replyway-gateway".len())
             .any(|w| w == b"replyway-gateway"),
         "service.name is not the binary's name"
+    );
+    // The request spans carry route, correlation id and status as attributes.
+    let has = |needle: &[u8]| all.windows(needle.len()).any(|w| w == needle);
+    for attribute in ["route", "correlation_id", "status"] {
+        assert!(has(attribute.as_bytes()), "no span attribute {attribute}");
+    }
+    assert!(has(b"POST /echo"), "no span names the route");
+    assert!(has(b"replies"), "the pick-up has no span of its own");
+    assert!(
+        has(id.as_bytes()),
+        "no span carries the correlation id {id}"
     );
     stack.shutdown().await
 }
