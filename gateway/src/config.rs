@@ -11,7 +11,7 @@ use replyway_shared::settings::{
 };
 
 use crate::auth::{Authenticator, RouteAuth};
-use crate::routes::{RouteConfig, RouteTable};
+use crate::routes::{Route, RouteConfig, RouteTable};
 
 /// Everything the gateway is configured with.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -210,14 +210,25 @@ impl Settings {
     /// # Errors
     /// [`InvalidSetting`] naming the first bad setting.
     pub fn route_table(&self) -> Result<RouteTable, InvalidSetting> {
-        if let Some(name) = &self.client_id_header
-            && axum::http::HeaderName::from_bytes(name.as_bytes()).is_err()
-        {
+        check_header_name("client_id_header", self.client_id_header.as_deref())?;
+        self.check_node_id()?;
+        self.check_limits()?;
+        let routes = RouteTable::new(&self.routes)?;
+        for (i, route) in routes.routes().iter().enumerate() {
+            self.check_route(i, route)?;
+        }
+        if !(1024..=1024 * 1024).contains(&self.max_header_bytes) {
             return Err(InvalidSetting::new(
-                "client_id_header",
-                "not an HTTP header name",
+                "max_header_bytes",
+                "must be 1 KiB to 1 MiB",
             ));
         }
+        check_header_name("client_ip_header", self.client_ip_header.as_deref())?;
+        Ok(routes)
+    }
+
+    /// `node_id`, when set, can name a notification channel.
+    fn check_node_id(&self) -> Result<(), InvalidSetting> {
         if let Some(node) = &self.node_id
             && !replyway_shared::record::is_valid_correlation_id(node)
         {
@@ -226,6 +237,12 @@ impl Settings {
                 "must be 1-128 characters of [A-Za-z0-9._:-]",
             ));
         }
+        Ok(())
+    }
+
+    /// The bounds on waiting, reading, remembering and producing: none zero,
+    /// and nobody waits or remembers longer than a reply is kept.
+    fn check_limits(&self) -> Result<(), InvalidSetting> {
         if self.max_waiting == 0 {
             return Err(InvalidSetting::new("max_waiting", "must be at least 1"));
         }
@@ -268,43 +285,42 @@ impl Settings {
                 "must be more than 0",
             ));
         }
-        let routes = RouteTable::new(&self.routes)?;
-        for (i, route) in routes.routes().iter().enumerate() {
-            if route.timeout >= self.redis.ttl {
-                return Err(InvalidSetting::new(
-                    format!("routes[{i}].timeout"),
-                    "must be shorter than redis.ttl: a reply is kept longer than anyone waits",
-                ));
-            }
-            let keys = !self.auth.api_keys.is_empty();
-            let jwt = self.auth.jwt.is_some();
-            let usable = match route.auth {
-                RouteAuth::None => route.scopes.is_empty(),
-                RouteAuth::ApiKey => keys,
-                RouteAuth::Jwt => jwt,
-                RouteAuth::Any => keys || jwt,
-            };
-            if !usable {
-                return Err(InvalidSetting::new(
-                    format!("routes[{i}].auth"),
-                    "needs auth.api_keys or auth.jwt configured (and scopes need an auth other than none)",
-                ));
-            }
-        }
-        if !(1024..=1024 * 1024).contains(&self.max_header_bytes) {
-            return Err(InvalidSetting::new(
-                "max_header_bytes",
-                "must be 1 KiB to 1 MiB",
-            ));
-        }
-        if let Some(name) = &self.client_ip_header
-            && axum::http::HeaderName::from_bytes(name.as_bytes()).is_err()
-        {
-            return Err(InvalidSetting::new(
-                "client_ip_header",
-                "not an HTTP header name",
-            ));
-        }
-        Ok(routes)
+        Ok(())
     }
+
+    /// Route `i` against these settings: its reply outlives its wait, and its
+    /// `auth` has credentials configured to check.
+    fn check_route(&self, i: usize, route: &Route) -> Result<(), InvalidSetting> {
+        if route.timeout >= self.redis.ttl {
+            return Err(InvalidSetting::new(
+                format!("routes[{i}].timeout"),
+                "must be shorter than redis.ttl: a reply is kept longer than anyone waits",
+            ));
+        }
+        let keys = !self.auth.api_keys.is_empty();
+        let jwt = self.auth.jwt.is_some();
+        let usable = match route.auth {
+            RouteAuth::None => route.scopes.is_empty(),
+            RouteAuth::ApiKey => keys,
+            RouteAuth::Jwt => jwt,
+            RouteAuth::Any => keys || jwt,
+        };
+        if !usable {
+            return Err(InvalidSetting::new(
+                format!("routes[{i}].auth"),
+                "needs auth.api_keys or auth.jwt configured (and scopes need an auth other than none)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Setting `setting`, when set, is an HTTP header name.
+fn check_header_name(setting: &str, name: Option<&str>) -> Result<(), InvalidSetting> {
+    if let Some(name) = name
+        && axum::http::HeaderName::from_bytes(name.as_bytes()).is_err()
+    {
+        return Err(InvalidSetting::new(setting, "not an HTTP header name"));
+    }
+    Ok(())
 }

@@ -93,6 +93,7 @@ pub async fn run(
         state.tls.clone(),
         &state.settings,
         &shutdown,
+        &state.grace_over,
     )
     .await;
     stop_watch.cancel();

@@ -95,7 +95,10 @@ fn answered(state: &AppState, route: &str, started: Instant, response: &Response
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
     let span = tracing::Span::current();
-    span.record("route", route);
+    if route == UNMATCHED {
+        // Handlers record their own route as soon as they run.
+        span.record("route", route);
+    }
     span.record("status", status);
     tracing::info!(
         route,

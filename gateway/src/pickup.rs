@@ -111,10 +111,17 @@ async fn lookup(
         )),
         Lookup::Unknown => Err(GatewayError::UnknownReply(id)),
         Lookup::Pending(pending) => match (waiter.as_mut(), wait) {
-            (Some(waiter), Some(wait)) => match tokio::time::timeout(wait, waiter.reply()).await {
-                Ok(reply) => Ok(reply_response(&id, &reply, allowed(Some(&pending.route)))),
-                Err(_) => Ok(pending_response(&id)),
-            },
+            (Some(waiter), Some(wait)) => {
+                let reply = tokio::select! {
+                    reply = tokio::time::timeout(wait, waiter.reply()) => reply.ok(),
+                    // The gateway is stopping and its grace ran out.
+                    () = state.grace_over.cancelled() => None,
+                };
+                match reply {
+                    Some(reply) => Ok(reply_response(&id, &reply, allowed(Some(&pending.route)))),
+                    None => Ok(pending_response(&id)),
+                }
+            }
             _ => Ok(pending_response(&id)),
         },
     }

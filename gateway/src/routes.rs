@@ -155,54 +155,14 @@ impl Route {
     /// [`InvalidSetting`] naming the bad field.
     pub fn from_config(index: usize, c: &RouteConfig) -> Result<Self, InvalidSetting> {
         let at = |field: &str| format!("routes[{index}].{field}");
-        let method = Method::from_bytes(c.method.to_ascii_uppercase().as_bytes())
-            .ok()
-            .filter(|m| MethodFilter::try_from(m.clone()).is_ok())
-            .ok_or_else(|| {
-                InvalidSetting::new(
-                    at("method"),
-                    "not an HTTP method the gateway routes (GET, POST, PUT, PATCH, DELETE, …)",
-                )
-            })?;
-        if !c.path.starts_with('/') {
-            return Err(InvalidSetting::new(at("path"), "must start with /"));
-        }
-        let mut pattern = Vec::new();
-        let mut names = HashSet::new();
-        for seg in c.path.split('/').skip(1) {
-            if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                if name.is_empty()
-                    || !name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-                {
-                    return Err(InvalidSetting::new(
-                        at("path"),
-                        format!("bad parameter name {seg:?}"),
-                    ));
-                }
-                if !names.insert(name.to_owned()) {
-                    return Err(InvalidSetting::new(
-                        at("path"),
-                        format!("parameter {name} appears twice"),
-                    ));
-                }
-                pattern.push(Segment::Param(name.to_owned()));
-            } else if seg.contains(['{', '}']) {
-                return Err(InvalidSetting::new(
-                    at("path"),
-                    format!("segment {seg:?}: a parameter must be a whole segment"),
-                ));
-            } else {
-                pattern.push(Segment::Literal(seg.to_owned()));
-            }
-        }
-        if pattern.first() == Some(&Segment::Literal("v1".into())) {
-            return Err(InvalidSetting::new(
-                at("path"),
-                "/v1/ is reserved for the gateway's own endpoints",
-            ));
-        }
+        let method = parse_method(&c.method).ok_or_else(|| {
+            InvalidSetting::new(
+                at("method"),
+                "not an HTTP method the gateway routes (GET, POST, PUT, PATCH, DELETE, …)",
+            )
+        })?;
+        let (pattern, names) =
+            parse_pattern(&c.path).map_err(|reason| InvalidSetting::new(at("path"), reason))?;
         if !is_valid_topic(&c.topic) {
             return Err(InvalidSetting::new(
                 at("topic"),
@@ -214,24 +174,22 @@ impl Route {
         if c.timeout.is_zero() {
             return Err(InvalidSetting::new(at("timeout"), "must be more than 0"));
         }
-        if c.responder_group
-            .as_deref()
-            .is_some_and(|g| g.is_empty() || g.len() > 255)
-        {
-            return Err(InvalidSetting::new(
-                at("responder_group"),
-                "must be a consumer group id of 1 to 255 bytes",
-            ));
-        }
+        let responder_group = parse_responder_group(c.responder_group.as_deref())
+            .map_err(|reason| InvalidSetting::new(at("responder_group"), reason))?;
         let header_list = |field: &str, list: &[String]| {
-            list.iter()
-                .map(|h| {
-                    HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(|_| {
-                        InvalidSetting::new(at(field), format!("{h:?} is not a header name"))
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()
+            parse_header_names(list).map_err(|reason| InvalidSetting::new(at(field), reason))
         };
+        let forward_headers = header_list("forward_headers", &c.forward_headers)?;
+        let reply_headers = c
+            .reply_headers
+            .as_deref()
+            .map(|l| header_list("reply_headers", l).map(|v| v.into_iter().collect()))
+            .transpose()?;
+        let rate_limit = c
+            .rate_limit
+            .as_ref()
+            .map(|r| r.parse(&at("rate_limit")))
+            .transpose()?;
         Ok(Self {
             name: c
                 .name
@@ -241,21 +199,13 @@ impl Route {
             topic: c.topic.clone(),
             timeout: c.timeout,
             body_limit: c.body_limit,
-            forward_headers: header_list("forward_headers", &c.forward_headers)?,
-            reply_headers: c
-                .reply_headers
-                .as_deref()
-                .map(|l| header_list("reply_headers", l).map(|v| v.into_iter().collect()))
-                .transpose()?,
+            forward_headers,
+            reply_headers,
             spring_headers: c.spring_headers,
             auth: c.auth,
             scopes: c.scopes.clone(),
-            responder_group: c.responder_group.clone(),
-            rate_limit: c
-                .rate_limit
-                .as_ref()
-                .map(|r| r.parse(&at("rate_limit")))
-                .transpose()?,
+            responder_group,
+            rate_limit,
             pattern,
             key,
         })
@@ -309,6 +259,71 @@ impl Route {
             })
             .collect()
     }
+}
+
+/// The method of `method` (any case), when axum's router can route it.
+fn parse_method(method: &str) -> Option<Method> {
+    Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+        .ok()
+        .filter(|m| MethodFilter::try_from(m.clone()).is_ok())
+}
+
+/// The segments of path pattern `path`, and the names of its parameters; or
+/// what is wrong with it.
+fn parse_pattern(path: &str) -> Result<(Vec<Segment>, HashSet<String>), String> {
+    if !path.starts_with('/') {
+        return Err("must start with /".into());
+    }
+    let mut pattern = Vec::new();
+    let mut names = HashSet::new();
+    for seg in path.split('/').skip(1) {
+        if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            if !is_param_name(name) {
+                return Err(format!("bad parameter name {seg:?}"));
+            }
+            if !names.insert(name.to_owned()) {
+                return Err(format!("parameter {name} appears twice"));
+            }
+            pattern.push(Segment::Param(name.to_owned()));
+        } else if seg.contains(['{', '}']) {
+            return Err(format!(
+                "segment {seg:?}: a parameter must be a whole segment"
+            ));
+        } else {
+            pattern.push(Segment::Literal(seg.to_owned()));
+        }
+    }
+    if pattern.first() == Some(&Segment::Literal("v1".into())) {
+        return Err("/v1/ is reserved for the gateway's own endpoints".into());
+    }
+    Ok((pattern, names))
+}
+
+/// Whether `name` can name a path parameter: ASCII letters, digits, `_` and
+/// `-`, at least one.
+fn is_param_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The responder group, when it can be a consumer group id; or what is wrong.
+fn parse_responder_group(group: Option<&str>) -> Result<Option<String>, &'static str> {
+    if group.is_some_and(|g| g.is_empty() || g.len() > 255) {
+        return Err("must be a consumer group id of 1 to 255 bytes");
+    }
+    Ok(group.map(str::to_owned))
+}
+
+/// The header names of `list`, in lower case; or which one is not a header name.
+fn parse_header_names(list: &[String]) -> Result<Vec<HeaderName>, String> {
+    list.iter()
+        .map(|h| {
+            HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+                .map_err(|_| format!("{h:?} is not a header name"))
+        })
+        .collect()
 }
 
 fn parse_key(template: &str, names: &HashSet<String>) -> Result<Vec<KeyPart>, String> {

@@ -69,13 +69,15 @@ fn head_too_large(request: &axum::extract::Request, max: usize) -> bool {
 
 /// Serves `app` on `listener` (TLS when `tls` is set) until `shutdown`; then
 /// stops accepting, lets requests in flight finish for at most
-/// `shutdown_grace`, and closes what remains.
+/// `shutdown_grace`; then cancels `grace_over` (the requests still waiting
+/// answer at once) and closes what remains.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     tls: Option<TlsAcceptor>,
     settings: &Settings,
     shutdown: &CancellationToken,
+    grace_over: &CancellationToken,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
@@ -139,10 +141,23 @@ pub async fn serve(
     }
     drop(listener);
     tracing::info!(grace = ?settings.shutdown_grace, "shutting down: no new connections; finishing requests in flight");
+    let drained = graceful.shutdown();
+    tokio::pin!(drained);
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = &mut drained => {}
         () = tokio::time::sleep(settings.shutdown_grace) => {
-            tracing::warn!("shutdown grace period over; closing the remaining connections");
+            // Requests still waiting are answered now (504 with the reply's
+            // Location, 202 for long-polls): their replies can be fetched from
+            // another replica. The answers get a moment to be written.
+            tracing::warn!("shutdown grace period over; answering the requests still waiting");
+            grace_over.cancel();
+            if tokio::time::timeout(ANSWER_AFTER_GRACE, &mut drained).await.is_err() {
+                tracing::warn!("closing the remaining connections");
+            }
         }
     }
 }
+
+/// How long the answers given when `shutdown_grace` runs out may take to be
+/// written before the remaining connections are closed.
+const ANSWER_AFTER_GRACE: Duration = Duration::from_secs(1);

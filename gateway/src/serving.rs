@@ -76,10 +76,18 @@ async fn answer(
     let (submitted, rate) = Box::pin(submit(state, route, request)).await?;
     let mut response = match submitted {
         Submitted::Answered(response) => response,
-        Submitted::Waiting { id, produced, wait } => match produced.reply(wait).await {
-            Some(reply) => reply_response(&id, &reply, route.reply_headers.as_ref()),
-            None => return Err(GatewayError::Timeout(wait.as_millis(), id)),
-        },
+        Submitted::Waiting { id, produced, wait } => {
+            let started = std::time::Instant::now();
+            let reply = tokio::select! {
+                reply = produced.reply(wait) => reply,
+                // The gateway is stopping and its grace ran out.
+                () = state.grace_over.cancelled() => None,
+            };
+            match reply {
+                Some(reply) => reply_response(&id, &reply, route.reply_headers.as_ref()),
+                None => return Err(GatewayError::Timeout(started.elapsed().as_millis(), id)),
+            }
+        }
     };
     if let Some(rate) = rate {
         rate.add_headers(response.headers_mut());

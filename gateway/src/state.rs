@@ -41,6 +41,9 @@ pub struct Inner {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Cancelled when the gateway stops.
     pub shutdown: CancellationToken,
+    /// Cancelled when `shutdown_grace` has run out: requests still waiting
+    /// answer at once.
+    pub grace_over: CancellationToken,
     /// The settings the configuration was built from.
     pub settings: Settings,
 }
@@ -88,6 +91,7 @@ impl AppState {
             openapi,
             tls,
             shutdown,
+            grace_over: CancellationToken::new(),
             settings,
         }))
     }

@@ -5,8 +5,10 @@
 use utoipa::openapi::path::{
     Operation, OperationBuilder, Parameter, ParameterBuilder, ParameterIn,
 };
-use utoipa::openapi::request_body::RequestBodyBuilder;
-use utoipa::openapi::{ContentBuilder, Required, SecurityRequirement};
+use utoipa::openapi::request_body::{RequestBody, RequestBodyBuilder};
+use utoipa::openapi::{ContentBuilder, Required, ResponseBuilder, SecurityRequirement};
+
+use replyway_shared::store::RateLimit;
 
 use super::parts::{
     Headers, VISIBLE_ASCII_PATTERN, any, challenge_headers, component, examples, fields,
@@ -99,15 +101,9 @@ fn path_parameters(route: &Route) -> Vec<Parameter> {
         .collect()
 }
 
-/// The header parameters, and the forwarded headers OpenAPI has no parameter for.
-fn header_parameters(settings: &Settings, route: &Route) -> (Vec<Parameter>, Vec<String>) {
-    let mut headers = HeaderParameters::default();
-    let timeout = human(route.timeout);
-    headers.0.push(("prefer".into(), prefer_parameter(format!(
-        "RFC 7240 preferences; others are ignored. `respond-async`: answer `202` at once with `Location` (the command's deadline is then the reply TTL, {}). `wait=N`: wait at most N seconds for the reply instead of the route's {timeout} (a longer wait is capped; `wait=0` does not wait); the command's deadline is then that wait, after which a service may drop it. A `wait` that is not a whole number of seconds (0–4294967295), or a value that is not visible ASCII: `400`.",
-        human(settings.redis.ttl)
-    ))));
-    let idempotency_key = ParameterBuilder::new()
+/// The `Idempotency-Key` header parameter.
+fn idempotency_key_parameter(settings: &Settings) -> Parameter {
+    ParameterBuilder::new()
         .name("Idempotency-Key")
         .parameter_in(ParameterIn::Header)
         .required(Required::False)
@@ -120,8 +116,21 @@ fn header_parameters(settings: &Settings, route: &Route) -> (Vec<Parameter>, Vec
             "examples",
             examples(&[("uuid", "\"8e03978e-40d5-43e8-bc93-6894a57f9324\"")]),
         )]))
-        .build();
-    headers.0.push(("idempotency-key".into(), idempotency_key));
+        .build()
+}
+
+/// The header parameters, and the forwarded headers OpenAPI has no parameter for.
+fn header_parameters(settings: &Settings, route: &Route) -> (Vec<Parameter>, Vec<String>) {
+    let mut headers = HeaderParameters::default();
+    let timeout = human(route.timeout);
+    headers.0.push(("prefer".into(), prefer_parameter(format!(
+        "RFC 7240 preferences; others are ignored. `respond-async`: answer `202` at once with `Location` (the command's deadline is then the reply TTL, {}). `wait=N`: wait at most N seconds for the reply instead of the route's {timeout} (a longer wait is capped; `wait=0` does not wait); the command's deadline is then that wait, after which a service may drop it. A `wait` that is not a whole number of seconds (0–4294967295), or a value that is not visible ASCII: `400`.",
+        human(settings.redis.ttl)
+    ))));
+    headers.0.push((
+        "idempotency-key".into(),
+        idempotency_key_parameter(settings),
+    ));
 
     let mut not_parameters = Vec::new();
     for name in &route.forward_headers {
@@ -201,30 +210,42 @@ fn description(route: &Route, not_parameters: &[String]) -> String {
 /// The operation of `route`, named `operation_id`.
 pub(super) fn operation(settings: &Settings, route: &Route, operation_id: &str) -> Operation {
     let (headers, not_parameters) = header_parameters(settings, route);
-    let timeout = human(route.timeout);
+    let operation = OperationBuilder::new()
+        .tag("routes")
+        .summary(Some(&route.name))
+        .description(Some(description(route, &not_parameters)))
+        .operation_id(Some(operation_id))
+        .parameters(Some(path_parameters(route).into_iter().chain(headers)))
+        .request_body(Some(request_body(route)));
+    let operation = reply_responses(operation, route);
+    let operation = request_problems(operation, settings, route);
+    let operation = serving_problems(operation, settings, route);
+    let operation = route_problems(operation, route);
+    securities(operation, settings, route).build()
+}
+
+/// The body: anything up to the route's body limit.
+fn request_body(route: &Route) -> RequestBody {
     let limit = route.body_limit;
+    RequestBodyBuilder::new()
+        .required(Some(Required::False))
+        .description(Some(format!(
+            "Any body of any media type, at most {limit} bytes, sent as the command's value; its `Content-Type` becomes the record header `content-type`."
+        )))
+        .content("*/*", ContentBuilder::new().schema(Some(any())).build())
+        .build()
+}
+
+/// The answers that are not errors: the service's reply, and `202` with
+/// `Prefer: respond-async`.
+fn reply_responses(operation: OperationBuilder, route: &Route) -> OperationBuilder {
     // Headers on the gateway's every answer that is not an error.
     let answered: fn() -> Headers = if route.rate_limit.is_some() {
         rate_limit_headers
     } else {
         Vec::new
     };
-
-    let mut operation = OperationBuilder::new()
-        .tag("routes")
-        .summary(Some(&route.name))
-        .description(Some(description(route, &not_parameters)))
-        .operation_id(Some(operation_id))
-        .parameters(Some(path_parameters(route).into_iter().chain(headers)))
-        .request_body(Some(
-            RequestBodyBuilder::new()
-                .required(Some(Required::False))
-                .description(Some(format!(
-                    "Any body of any media type, at most {limit} bytes, sent as the command's value; its `Content-Type` becomes the record header `content-type`."
-                )))
-                .content("*/*", ContentBuilder::new().schema(Some(any())).build())
-                .build(),
-        ))
+    operation
         .response(
             "default",
             reply_response(
@@ -240,6 +261,17 @@ pub(super) fn operation(settings: &Settings, route: &Route, operation_id: &str) 
                 answered(),
             ),
         )
+}
+
+/// The answers to a request the gateway cannot take: malformed, slow, too large,
+/// a reused `Idempotency-Key`, too large a head.
+fn request_problems(
+    operation: OperationBuilder,
+    settings: &Settings,
+    route: &Route,
+) -> OperationBuilder {
+    let limit = route.body_limit;
+    operation
         .response(
             "400",
             problem_response(
@@ -278,6 +310,18 @@ pub(super) fn operation(settings: &Settings, route: &Route, operation_id: &str) 
             ),
         )
         .response("431", component("responses", "HeadersTooLarge"))
+}
+
+/// The answers when the gateway cannot serve a good request: `503` (overloaded,
+/// Redis or the broker unavailable, stopping, no responders) and `504` (no reply
+/// in time).
+fn serving_problems(
+    operation: OperationBuilder,
+    settings: &Settings,
+    route: &Route,
+) -> OperationBuilder {
+    let timeout = human(route.timeout);
+    operation
         .response(
             "503",
             problem_response(
@@ -309,7 +353,12 @@ pub(super) fn operation(settings: &Settings, route: &Route, operation_id: &str) 
                 vec![("location", location_header())],
             )
             .link("GetReply", get_reply_link()),
-        );
+        )
+}
+
+/// The answers only some routes give: `404` with path parameters, `401` and
+/// `403` with authentication, `429` with a rate limit.
+fn route_problems(mut operation: OperationBuilder, route: &Route) -> OperationBuilder {
     if !route.param_names().is_empty() {
         operation = operation.response(
             "404",
@@ -321,55 +370,68 @@ pub(super) fn operation(settings: &Settings, route: &Route, operation_id: &str) 
         );
     }
     if route.auth != RouteAuth::None {
-        operation = operation
-            .response(
-                "401",
-                problem_response(
-                    "No credentials, or credentials that do not check out (`unauthenticated`); nothing produced.",
-                    &[ProblemKind::Unauthenticated],
-                    challenge_headers(),
-                ),
-            )
-            .response(
-                "403",
-                problem_response(
-                    "Authenticated without a scope the route requires (`forbidden`); nothing produced.",
-                    &[ProblemKind::Forbidden],
-                    challenge_headers(),
-                ),
-            );
+        operation = auth_problems(operation);
     }
     if let Some(limit) = &route.rate_limit {
-        let mut headers = rate_limit_headers();
-        headers.push((
-            "retry-after",
-            header(
-                "Seconds until a request is allowed again, on the gateway's answer.",
-                string(),
-                false,
-            ),
-        ));
-        operation = operation.response(
-            "429",
+        operation = operation.response("429", rate_limited_response(limit));
+    }
+    operation
+}
+
+/// `401` and `403`, on a route that requires authentication.
+fn auth_problems(operation: OperationBuilder) -> OperationBuilder {
+    operation
+        .response(
+            "401",
             problem_response(
-                &format!(
-                    "Over the route's rate limit of {} requests at once, one more every {}, per caller (the principal, else the client's address), over all replicas (`rate-limited`); nothing produced.",
-                    limit.burst,
-                    human(limit.interval)
-                ),
-                &[ProblemKind::RateLimited],
-                headers,
+                "No credentials, or credentials that do not check out (`unauthenticated`); nothing produced.",
+                &[ProblemKind::Unauthenticated],
+                challenge_headers(),
             ),
-        );
-    }
+        )
+        .response(
+            "403",
+            problem_response(
+                "Authenticated without a scope the route requires (`forbidden`); nothing produced.",
+                &[ProblemKind::Forbidden],
+                challenge_headers(),
+            ),
+        )
+}
+
+/// `429`, on a route with rate limit `limit`.
+fn rate_limited_response(limit: &RateLimit) -> ResponseBuilder {
+    let mut headers = rate_limit_headers();
+    headers.push((
+        "retry-after",
+        header(
+            "Seconds until a request is allowed again, on the gateway's answer.",
+            string(),
+            false,
+        ),
+    ));
+    problem_response(
+        &format!(
+            "Over the route's rate limit of {} requests at once, one more every {}, per caller (the principal, else the client's address), over all replicas (`rate-limited`); nothing produced.",
+            limit.burst,
+            human(limit.interval)
+        ),
+        &[ProblemKind::RateLimited],
+        headers,
+    )
+}
+
+/// Who may call: the schemes that can let a caller in, each with the route's
+/// scopes; none on an open route.
+fn securities(operation: OperationBuilder, settings: &Settings, route: &Route) -> OperationBuilder {
     let schemes = accepted_schemes(settings, route);
-    if !schemes.is_empty() {
-        // Scopes: every one is required, whichever credentials carry them.
-        operation = operation.securities(Some(
-            schemes
-                .iter()
-                .map(|scheme| SecurityRequirement::new(*scheme, route.scopes.iter())),
-        ));
+    if schemes.is_empty() {
+        return operation;
     }
-    operation.build()
+    // Scopes: every one is required, whichever credentials carry them.
+    operation.securities(Some(
+        schemes
+            .iter()
+            .map(|scheme| SecurityRequirement::new(*scheme, route.scopes.iter())),
+    ))
 }
