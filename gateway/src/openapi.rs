@@ -37,10 +37,14 @@ const OPENAPI_VERSION: &str = "3.1.0";
 
 /// The OpenAPI 3.1 document of the gateway with these routes and settings, as
 /// JSON: built once at start and served as it is.
+///
+/// Serialized through `serde_json::Value`, whose maps keep their keys sorted:
+/// utoipa keeps schema extensions in a `HashMap`, whose order differs between
+/// processes, and every replica must serve the same bytes.
 pub fn document(routes: &RouteTable, settings: &Settings) -> Bytes {
-    let json = serde_json::to_vec(&openapi(routes, settings))
+    let value = serde_json::to_value(openapi(routes, settings))
         .expect("an OpenAPI document serializes: its maps have string keys");
-    Bytes::from(json)
+    Bytes::from(value.to_string())
 }
 
 /// The document, typed.

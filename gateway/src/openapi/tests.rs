@@ -365,3 +365,15 @@ fn durations_read_as_people_write_them() {
     assert_eq!(human(Duration::from_secs(90)), "90 s");
     assert_eq!(human(Duration::from_secs(7200)), "2 h");
 }
+
+/// Every replica serves the same bytes: utoipa's extension maps are hashed,
+/// and a map's order must not reach the document.
+#[test]
+fn the_document_is_the_same_bytes_every_time() {
+    let settings = settings();
+    let routes = settings.route_table().unwrap();
+    let first = super::document(&routes, &settings);
+    for _ in 0..20 {
+        assert_eq!(super::document(&routes, &settings), first);
+    }
+}
