@@ -15,7 +15,7 @@ CATEGORIES = [
     ("redis client: commands in flight",
      r"redis::|connection_manager\.rs|multiplexed_connection|script\.rs|cmd\.rs|write_arg"),
     ("gateway: submission future (boxed, freed before the wait)",
-     r"pin<> \(boxed\.rs\);\{async_fn#0\} \(handlers\.rs\)"),
+     r"pin<> \(boxed\.rs\);\{async_fn#0\} \(serving\.rs\)"),
     ("axum: boxed handler future (the request's future and its extractors)",
      r"boxed_clone_sync"),
     ("hyper/h2: stream state, header and body buffers",

@@ -107,12 +107,68 @@ enum Submitted {
     },
 }
 
-/// Everything before the wait.
+/// Everything before the wait: the request is read and checked
+/// ([`prepare`]), then its command produced ([`produce`]). The two are awaited
+/// one after the other so that a request's state holds one of them at a time
+/// (the request's head is gone once the command is built).
 async fn submit(
     state: &AppState,
     route: &Route,
     request: Request,
 ) -> Result<(Submitted, Option<RateInfo>), GatewayError> {
+    let prepared = match prepare(state, route, request).await? {
+        Prepared::Answered(response, rate) => return Ok((Submitted::Answered(response), rate)),
+        Prepared::Command(prepared) => prepared,
+    };
+    let Ready {
+        record,
+        principal,
+        prefer,
+        wait,
+        ticket,
+        scope,
+        rate,
+    } = *prepared;
+    let id = record.correlation_id.clone();
+    let produced = produce(state, route, record, principal.as_deref(), ticket, scope).await?;
+    if prefer.respond_async {
+        let mut response = pending_response(&id);
+        response.headers_mut().insert(
+            "preference-applied",
+            HeaderValue::from_static("respond-async"),
+        );
+        return Ok((Submitted::Answered(response), rate));
+    }
+    Ok((Submitted::Waiting { id, produced, wait }, rate))
+}
+
+/// A request read and checked.
+enum Prepared {
+    /// Answered already (a retry of an earlier request).
+    Answered(Response, Option<RateInfo>),
+    /// Its command, ready to produce.
+    Command(Box<Ready>),
+}
+
+/// What producing a request's command needs.
+struct Ready {
+    record: Record,
+    principal: Option<String>,
+    prefer: Prefer,
+    wait: Duration,
+    /// The place among the waiting requests, when the request waits.
+    ticket: Option<Ticket>,
+    scope: Option<Scope>,
+    rate: Option<RateInfo>,
+}
+
+/// Reads and checks the request, in the order of the cost of each step, and
+/// claims its idempotency key.
+async fn prepare(
+    state: &AppState,
+    route: &Route,
+    request: Request,
+) -> Result<Prepared, GatewayError> {
     let (prefer, mut ticket) = admit(state, route, request.headers())?;
     let (mut parts, body) = request.into_parts();
     let params = match RawPathParams::from_request_parts(&mut parts, &()).await {
@@ -163,34 +219,30 @@ async fn submit(
                     tracing::Span::current().record("correlation_id", first.as_str());
                     id = first;
                 }
-                Claimed::Answered(response) => return Ok((Submitted::Answered(response), rate)),
+                Claimed::Answered(response) => return Ok(Prepared::Answered(response, rate)),
             }
             Some(scope)
         }
         None => None,
     };
-
-    let waiting = if prefer.respond_async {
+    let ticket = if prefer.respond_async {
         None
     } else {
         Some(take(state, &mut ticket)?)
     };
-    drop(ticket);
-    let record = Record {
-        correlation_id: id.clone(),
-        body,
-        ..record
-    };
-    let produced = produce(state, route, record, principal.as_deref(), waiting, scope).await?;
-    if prefer.respond_async {
-        let mut response = pending_response(&id);
-        response.headers_mut().insert(
-            "preference-applied",
-            HeaderValue::from_static("respond-async"),
-        );
-        return Ok((Submitted::Answered(response), rate));
-    }
-    Ok((Submitted::Waiting { id, produced, wait }, rate))
+    Ok(Prepared::Command(Box::new(Ready {
+        record: Record {
+            correlation_id: id,
+            body,
+            ..record
+        },
+        principal,
+        prefer,
+        wait,
+        ticket,
+        scope,
+        rate,
+    })))
 }
 
 /// The checks that cost nothing, before anything is read: the gateway is
