@@ -47,10 +47,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(crate::health::readyz))
         .route("/openapi.json", get(openapi))
         .fallback(no_route)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::observe::observe,
-        ))
+        .layer(crate::observe::ObserveLayer::new(state.clone()))
         .with_state(state)
 }
 
