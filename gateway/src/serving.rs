@@ -83,9 +83,11 @@ async fn answer(
                 // The gateway is stopping and its grace ran out.
                 () = state.grace_over.cancelled() => None,
             };
+            // How long it waited: the whole wait, or until the grace ran out.
+            let waited = wait.min(started.elapsed());
             match reply {
                 Some(reply) => reply_response(&id, &reply, route.reply_headers.as_ref()),
-                None => return Err(GatewayError::Timeout(started.elapsed().as_millis(), id)),
+                None => return Err(GatewayError::Timeout(waited.as_millis(), id)),
             }
         }
     };
