@@ -1,7 +1,12 @@
 //! The reference pages in `docs/` checked against the code they describe, so
 //! that they cannot drift: every setting with its default and environment
 //! variable, the record headers, the Redis keys and scripts, the problem types,
-//! and the links between the pages. No broker, no Redis.
+//! and the links between the pages; ARCHITECTURE.md against the files and
+//! functions it names ([`architecture`]); docs/guarantees.md against the tests
+//! it names ([`guarantees`]). No broker, no Redis.
+
+mod architecture;
+mod guarantees;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -595,9 +600,10 @@ fn http_api_page_names_every_problem_type_with_its_status_and_no_other() {
 
 // ------------------------------------------------------------------- links
 
-/// README.md and every page of docs/, relative to the repository.
+/// README.md, ARCHITECTURE.md and every page of docs/, relative to the
+/// repository.
 fn pages() -> Vec<String> {
-    let mut pages = vec!["README.md".to_owned()];
+    let mut pages = vec!["README.md".to_owned(), "ARCHITECTURE.md".to_owned()];
     let mut docs: Vec<String> = std::fs::read_dir(root().join("docs"))
         .unwrap_or_else(|e| panic!("listing docs/: {e}"))
         .flatten()
