@@ -18,10 +18,19 @@
 #   FUZZ_WORK        scratch directory: grown corpora, logs, temp files
 #                    (default fuzz/target/fuzz-work; emptied at each run)
 #
-# The targets need nightly compiler flags; this machine has the stable
-# toolchain only, so they are allowed with RUSTC_BOOTSTRAP=1 (it has no other
-# effect on the build). The seed corpora in fuzz/corpus/<target>/ are only
-# read: what the fuzzer finds goes to FUZZ_WORK.
+# The targets need nightly compiler flags (cargo-fuzz passes
+# -Zsanitizer=address, and libFuzzer's coverage flags); this machine has the
+# stable toolchain only, so they are allowed with RUSTC_BOOTSTRAP=1 (it has no
+# other effect on the build). The sanitizer's runtime is not a Debian package:
+# rustup's stable toolchain ships it for x86_64-unknown-linux-gnu
+# (lib/rustlib/<host>/lib/librustc-stable_rt.asan.a). A toolchain without it
+# (a distribution's rustc, another host) makes this script fail, never fuzz
+# without the sanitizer behind the caller's back: FUZZ_SANITIZER=none is the
+# only way to fuzz without it, and the summary says so. After the build every
+# target binary is checked for the sanitizer's runtime (__asan_init).
+#
+# The seed corpora in fuzz/corpus/<target>/ are only read: what the fuzzer
+# finds goes to FUZZ_WORK.
 #
 # Reproduce a crash:
 #   RUSTC_BOOTSTRAP=1 cargo fuzz run TARGET fuzz/artifacts/TARGET/crash-...
@@ -87,19 +96,44 @@ echo "==> $(cargo fuzz --version), $(rustc --version), sanitizer: $SANITIZER, ru
 rm -rf "$WORK"
 mkdir -p "$WORK/logs" "$WORK/tmp"
 
-build() { cargo fuzz build --sanitizer "$1" >"$WORK/logs/build.log" 2>&1; }
-echo "==> building the targets (log: $WORK/logs/build.log)"
-start=$(now)
-if ! build "$SANITIZER"; then
-    if [[ $SANITIZER == address ]] && grep -qiE 'rt\.asan|sanitizer.*(runtime|not supported)' "$WORK/logs/build.log"; then
-        echo "==> the address sanitizer's runtime is not available: building with --sanitizer none" >&2
-        SANITIZER=none
-    fi
-    if [[ $SANITIZER == address ]] || ! build none; then
-        tail -40 "$WORK/logs/build.log" >&2
-        echo "==> build failed (log: $WORK/logs/build.log)" >&2
+case "$SANITIZER" in
+    address | none) ;;
+    *)
+        echo "fuzz.sh: FUZZ_SANITIZER must be address or none, not $SANITIZER" >&2
+        exit 2
+        ;;
+esac
+HOST=$(rustc -vV | sed -n 's/^host: //p')
+if [[ $SANITIZER == address ]]; then
+    runtime_dir="$(rustc --print sysroot)/lib/rustlib/$HOST/lib"
+    if ! compgen -G "$runtime_dir/librustc-*_rt.asan.a" >/dev/null; then
+        echo "==> the address sanitizer's runtime (librustc-*_rt.asan.a) is missing from $runtime_dir:" >&2
+        echo "    install the Rust toolchain with rustup (its x86_64-unknown-linux-gnu standard library ships it)," >&2
+        echo "    or fuzz without the sanitizer on purpose with FUZZ_SANITIZER=none" >&2
         exit 1
     fi
+fi
+
+echo "==> building the targets (log: $WORK/logs/build.log)"
+start=$(now)
+if ! cargo fuzz build --sanitizer "$SANITIZER" >"$WORK/logs/build.log" 2>&1; then
+    tail -40 "$WORK/logs/build.log" >&2
+    echo "==> build with --sanitizer $SANITIZER failed (log: $WORK/logs/build.log)" >&2
+    exit 1
+fi
+if [[ $SANITIZER == address ]]; then
+    command -v nm >/dev/null 2>&1 || {
+        echo "==> nm (binutils) is needed to check the targets for the sanitizer" >&2
+        exit 1
+    }
+    for target in "${TARGETS[@]}"; do
+        bin="fuzz/target/$HOST/release/$target"
+        # grep reads all of nm's output (no -q), so pipefail sees no SIGPIPE.
+        if ! nm "$bin" 2>/dev/null | grep ' __asan_init$' >/dev/null; then
+            echo "==> $bin was built without the address sanitizer (no __asan_init): refusing to fuzz it" >&2
+            exit 1
+        fi
+    done
 fi
 echo "==> build: $(elapsed "$start" "$(now)") s"
 

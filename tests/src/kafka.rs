@@ -447,7 +447,7 @@ impl Broker {
         }
     }
 
-    fn client_config(&self) -> ClientConfig {
+    pub(crate) fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", self.bootstrap());
         config
@@ -585,25 +585,16 @@ impl Broker {
         Ok(leaders.into_iter().map(|(_, l)| l).collect())
     }
 
-    /// Sum of the high watermarks of a topic's partitions: records ever produced.
+    /// Records of `topic`, counted by reading every partition from its start
+    /// to its end ([`crate::read_topic_to_end`]), not from the broker's
+    /// offsets.
     ///
     /// # Errors
-    /// When the broker cannot be asked.
+    /// As [`crate::read_topic_to_end`].
     pub fn record_count(&self, topic: &str) -> anyhow::Result<i64> {
-        let consumer: BaseConsumer = self.client_config().create()?;
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
-        let partitions = metadata
-            .topics()
-            .first()
-            .map(|t| t.partitions().len())
-            .unwrap_or_default();
-        let mut total = 0;
-        for p in 0..partitions {
-            let (low, high) =
-                consumer.fetch_watermarks(topic, i32::try_from(p)?, Duration::from_secs(5))?;
-            total += high - low;
-        }
-        Ok(total)
+        Ok(i64::try_from(
+            crate::read_topic_to_end(&self.kafka_settings(), topic)?.len(),
+        )?)
     }
 
     /// A producer with the product's producer settings, to play a backend

@@ -5,10 +5,13 @@
 
 mod kafka;
 pub mod load;
+mod offsets;
+pub mod probe;
 mod process;
 mod redis_server;
 mod stack;
 
+use std::collections::BTreeMap;
 use std::net::TcpListener as StdListener;
 use std::time::{Duration, Instant};
 
@@ -19,6 +22,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use replyway_shared::settings::KafkaSettings;
 
 pub use kafka::{Broker, kafka_libs, kafka_version};
+pub use offsets::GroupOffsets;
 pub use process::{Proc, bin_path};
 pub use redis_server::RedisServer;
 pub use stack::{BrokerChoice, BrokerRef, Node, Running, Stack, StackOptions, test_routes};
@@ -87,6 +91,20 @@ pub fn read_topic_to_end(
     kafka: &KafkaSettings,
     topic: &str,
 ) -> anyhow::Result<Vec<rdkafka::message::OwnedMessage>> {
+    Ok(read_range(kafka, topic, &BTreeMap::new(), true)?.0)
+}
+
+/// The records of `topic` from offset `from[partition]` of each partition (its
+/// start where `from` names none) on, and the offset after the last one read
+/// of each partition. With `chase`, to the end as [`read_topic_to_end`] reads
+/// it; without, to the high watermark each partition had when its read began,
+/// so that a read of a topic under load ends.
+fn read_range(
+    kafka: &KafkaSettings,
+    topic: &str,
+    from: &BTreeMap<i32, i64>,
+    chase: bool,
+) -> anyhow::Result<(Vec<rdkafka::message::OwnedMessage>, BTreeMap<i32, i64>)> {
     use rdkafka::message::Message;
     use rdkafka::{Offset, TopicPartitionList};
     let consumer: BaseConsumer = kafka
@@ -100,16 +118,23 @@ pub fn read_topic_to_end(
         .iter()
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
-    let mut records = Vec::new();
+    let (mut records, mut ends) = (Vec::new(), BTreeMap::new());
     for partition in partitions {
         let (low, mut high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+        let start = from.get(&partition).map_or(low, |f| (*f).max(low));
         let mut assignment = TopicPartitionList::new();
-        assignment.add_partition_offset(topic, partition, Offset::Offset(low))?;
+        assignment.add_partition_offset(topic, partition, Offset::Offset(start))?;
         consumer.assign(&assignment)?;
-        let (mut next, deadline) = (low, Instant::now() + Duration::from_secs(60));
+        let (mut next, deadline) = (start, Instant::now() + Duration::from_secs(60));
+        let ask_end = |high: &mut i64| -> anyhow::Result<()> {
+            if chase {
+                *high = (*high).max(consumer.fetch_watermarks(topic, partition, timeout)?.1);
+            }
+            Ok(())
+        };
         loop {
             if next >= high {
-                high = high.max(consumer.fetch_watermarks(topic, partition, timeout)?.1);
+                ask_end(&mut high)?;
                 if next >= high {
                     break;
                 }
@@ -119,15 +144,74 @@ pub fn read_topic_to_end(
                 "reading {topic}/{partition} got stuck at offset {next} of {high}"
             );
             let Some(message) = consumer.poll(Duration::from_millis(100)) else {
-                high = high.max(consumer.fetch_watermarks(topic, partition, timeout)?.1);
+                ask_end(&mut high)?;
                 continue;
             };
             let message = message?;
             next = message.offset() + 1;
             records.push(message.detach());
         }
+        ends.insert(partition, next);
     }
-    Ok(records)
+    Ok((records, ends))
+}
+
+/// How many records of `topic` have the value `value`, read from the start of
+/// every partition to its end ([`read_topic_to_end`]): the commands one
+/// request body produced, counted in the log rather than by the broker's
+/// offsets.
+///
+/// # Errors
+/// As [`read_topic_to_end`].
+pub fn records_with_value(
+    kafka: &KafkaSettings,
+    topic: &str,
+    value: &[u8],
+) -> anyhow::Result<usize> {
+    use rdkafka::message::Message;
+    Ok(read_topic_to_end(kafka, topic)?
+        .iter()
+        .filter(|m| m.payload() == Some(value))
+        .count())
+}
+
+/// Waits until `topic` holds at least `n` records from offsets `from` on
+/// (per partition; empty: from the start) that `matches` accepts, and returns
+/// them. Each read goes on from where the last one ended (off the async
+/// threads), so that waiting on a topic under load stays quick.
+///
+/// # Errors
+/// When `within` passes first (saying how many it found), or a read fails.
+pub async fn until_records<F>(
+    kafka: &KafkaSettings,
+    topic: &str,
+    from: &BTreeMap<i32, i64>,
+    n: usize,
+    within: Duration,
+    matches: F,
+) -> anyhow::Result<Vec<rdkafka::message::OwnedMessage>>
+where
+    F: Fn(&rdkafka::message::OwnedMessage) -> bool,
+{
+    let deadline = Instant::now() + within;
+    let (mut position, mut found) = (from.clone(), Vec::new());
+    loop {
+        let (settings, name, start) = (kafka.clone(), topic.to_owned(), position.clone());
+        let (records, ends) =
+            tokio::task::spawn_blocking(move || read_range(&settings, &name, &start, false))
+                .await??;
+        position = ends;
+        found.extend(records.into_iter().filter(|m| matches(m)));
+        if found.len() >= n {
+            return Ok(found);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{topic} holds {} of the {n} records waited for after {within:?}",
+            found.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Polls `check` until it holds or `within` passes.

@@ -110,6 +110,14 @@ impl Node {
         }
     }
 
+    /// The process, to read its log or `/proc` from a shared borrow.
+    pub fn process_ref(&self) -> &Proc {
+        match self {
+            Self::Process(p) => p,
+            Self::InProcess(_) => panic!("this node runs in the test process"),
+        }
+    }
+
     /// The process, for signals and `/proc`.
     pub fn process(&mut self) -> &mut Proc {
         match self {
@@ -406,14 +414,20 @@ impl Stack {
     /// then the broker and Redis. Ends a test: stopping the broker first would
     /// leave the consumers waiting for a coordinator that is gone.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
-        for gateway in &mut self.gateways {
-            gateway.stop().await?;
+        for (i, gateway) in self.gateways.iter_mut().enumerate() {
+            gateway
+                .stop()
+                .await
+                .with_context(|| format!("stopping gateway {i}"))?;
         }
         let stopped = tokio::time::timeout(Duration::from_secs(20), async {
-            for collector in &mut self.collectors {
-                collector.stop().await?;
+            for (i, collector) in self.collectors.iter_mut().enumerate() {
+                collector
+                    .stop()
+                    .await
+                    .with_context(|| format!("stopping collector {i}"))?;
             }
-            self.echo.stop().await
+            self.echo.stop().await.context("stopping the echo service")
         })
         .await;
         stopped.context("collectors and echo did not stop within 20 s")??;
@@ -450,6 +464,51 @@ impl Stack {
     /// URL on gateway `i`.
     pub fn url(&self, i: usize, path: &str) -> String {
         self.gateways[i].url(path)
+    }
+
+    /// The sum of the samples of metric `name` (as the page writes it, e.g.
+    /// `replyway_gateway_requests_total`) whose labels include every
+    /// `key="value"` of `labels`, on the `/metrics` page of the admin address
+    /// `admin`; `None` when the page cannot be fetched.
+    pub async fn metric_sum(
+        &self,
+        admin: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> Option<f64> {
+        let page = self
+            .http
+            .get(format!("http://{admin}/metrics"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        Some(sum_samples(&page, name, labels))
+    }
+
+    /// Requests waiting for a reply on gateway `i`: its
+    /// `replyway_gateway_waiting_requests` gauge.
+    pub async fn waiting(&self, i: usize) -> Option<u64> {
+        let waiting = self
+            .metric_sum(
+                &self.gateway_admin[i],
+                "replyway_gateway_waiting_requests",
+                &[],
+            )
+            .await?;
+        Some(waiting as u64)
+    }
+
+    /// Waits (at most `within`) until at least `n` requests wait for a reply
+    /// on gateway `i`.
+    pub async fn until_waiting(&self, i: usize, n: u64, within: Duration) -> bool {
+        eventually(within, || async {
+            self.waiting(i).await.is_some_and(|w| w >= n)
+        })
+        .await
     }
 
     /// Keys of this stack in Redis matching `pattern` (after the prefix).
@@ -495,6 +554,24 @@ impl Stack {
         }
         Ok(records)
     }
+}
+
+/// The sum of the samples of `name` on a metrics page whose labels include
+/// every `key="value"` of `labels`.
+fn sum_samples(page: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    page.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (set, value) = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            let wanted = labels
+                .iter()
+                .all(|(k, v)| set.split(',').any(|l| l == format!("{k}=\"{v}\"")));
+            wanted.then(|| value.trim().parse::<f64>().ok()).flatten()
+        })
+        .sum()
 }
 
 /// Which broker a stack runs on.
@@ -554,4 +631,26 @@ fn start_echo(settings: replyway_echo::Settings) -> Running {
     Running::spawn(None, token.clone(), async move {
         replyway_echo::run(&settings, token).await
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sum_samples;
+
+    #[test]
+    fn sums_the_samples_whose_labels_include_those_asked_for() {
+        let page = "# TYPE replyway_gateway_requests counter
+replyway_gateway_requests_total{route=\"a\",status=\"200\"} 3
+replyway_gateway_requests_total{route=\"b\",status=\"200\"} 4
+replyway_gateway_requests_total{route=\"b\",status=\"2000\"} 100
+replyway_gateway_requests_total_other{status=\"200\"} 100
+replyway_gateway_waiting_requests 7
+";
+        let requests = "replyway_gateway_requests_total";
+        assert!((sum_samples(page, requests, &[("status", "200")]) - 7.0).abs() < f64::EPSILON);
+        assert!((sum_samples(page, requests, &[]) - 107.0).abs() < f64::EPSILON);
+        let waiting = sum_samples(page, "replyway_gateway_waiting_requests", &[]);
+        assert!((waiting - 7.0).abs() < f64::EPSILON);
+        assert!(sum_samples(page, "missing", &[]).abs() < f64::EPSILON);
+    }
 }

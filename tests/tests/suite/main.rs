@@ -6,6 +6,9 @@
 mod compose;
 mod docs;
 mod faults;
+mod guarantees_collector;
+mod guarantees_http;
+mod guarantees_security;
 mod idempotency;
 mod kafka_faults;
 mod ledger;

@@ -9,7 +9,7 @@ use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use serde_json::{Value, json};
 
-use replyway_tests::{BrokerChoice, Stack, StackOptions, eventually, produce};
+use replyway_tests::{BrokerChoice, Stack, StackOptions, eventually, produce, records_with_value};
 
 type TestResult = anyhow::Result<()>;
 
@@ -287,7 +287,6 @@ async fn reply_status_headers_and_the_record_contract() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unknown_route_wrong_method_oversized_body_and_bad_prefer() -> TestResult {
     let stack = Stack::start(StackOptions::default()).await?;
-    let before = stack.broker.record_count(&stack.echo_topic)?;
 
     let none = stack
         .http
@@ -337,8 +336,35 @@ async fn unknown_route_wrong_method_oversized_body_and_bad_prefer() -> TestResul
         .await?;
     assert_eq!(prefer.status(), 400);
 
-    // Only the request at the limit was produced.
-    assert_eq!(stack.broker.record_count(&stack.echo_topic)? - before, 1);
+    // Only the request at the limit was produced, read from the log.
+    let records =
+        replyway_tests::read_topic_to_end(&stack.broker.kafka_settings(), &stack.echo_topic)?;
+    let values: Vec<&[u8]> = records
+        .iter()
+        .filter_map(rdkafka::Message::payload)
+        .collect();
+    let limit_body = vec![b'x'; 1024];
+    assert_eq!(
+        values
+            .iter()
+            .filter(|v| **v == limit_body.as_slice())
+            .count(),
+        1,
+        "the request at the limit, once"
+    );
+    let refused = values
+        .iter()
+        .filter(|v| **v == b"x" || v.len() == 1025 || v.starts_with(b"y"))
+        .count();
+    assert_eq!(refused, 0, "a refused request was produced");
+    // Nothing else but the stack's warm-up.
+    assert!(
+        values
+            .iter()
+            .all(|v| *v == limit_body.as_slice() || *v == b"warm-up"),
+        "{} records",
+        values.len()
+    );
     stack.shutdown().await
 }
 
@@ -415,7 +441,6 @@ async fn malformed_replies_are_skipped_and_the_next_reply_is_delivered() -> Test
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_unavailable_answers_503_and_produces_nothing() -> TestResult {
     let mut stack = Stack::start(StackOptions::default()).await?;
-    let before = stack.broker.record_count(&stack.echo_topic)?;
     stack.redis.stop();
 
     let started = Instant::now();
@@ -437,8 +462,12 @@ async fn redis_unavailable_answers_503_and_produces_nothing() -> TestResult {
         "application/problem+json"
     );
     assert_eq!(
-        stack.broker.record_count(&stack.echo_topic)?,
-        before,
+        records_with_value(
+            &stack.broker.kafka_settings(),
+            &stack.echo_topic,
+            b"while redis is down"
+        )?,
+        0,
         "a command was produced that nobody could collect"
     );
     let ready = stack.http.get(stack.url(0, "/readyz")).send().await?;
@@ -516,8 +545,11 @@ async fn waiting_requests_past_the_bound_are_shed_with_503() -> TestResult {
     };
     let (a, b) = (slow(1), slow(2));
     let stats = stack.collector_stats.clone();
-    // Both slow requests are waiting once their commands are on the way.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Both slow requests wait for their replies.
+    assert!(
+        stack.until_waiting(0, 2, Duration::from_secs(10)).await,
+        "the two slow requests never waited at once"
+    );
     let started = Instant::now();
     let shed = stack
         .http
