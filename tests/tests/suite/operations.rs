@@ -556,3 +556,47 @@ fn every_binary_lists_its_settings_in_help_and_names_a_bad_one() -> TestResult {
     assert!(stderr.contains("batch_max"), "{stderr}");
     Ok(())
 }
+
+/// A start that cannot succeed exits with status 2 and names the setting:
+/// a TLS certificate that cannot be read (checked once, at start, not when
+/// the first connection comes), and two routes axum's router could not tell
+/// apart (both named).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_start_exits_2_naming_the_setting() -> TestResult {
+    let missing = replyway_gateway::Settings {
+        listen: "127.0.0.1:0".into(),
+        admin_listen: String::new(),
+        tls: Some(replyway_gateway::tls::TlsConfig {
+            cert_file: "/nonexistent/cert.pem".into(),
+            key_file: "/nonexistent/key.pem".into(),
+        }),
+        ..replyway_gateway::Settings::default()
+    };
+    let route = |method: &str, path: &str| replyway_gateway::routes::RouteConfig {
+        method: method.into(),
+        path: path.into(),
+        ..replyway_gateway::routes::RouteConfig::default()
+    };
+    let conflicting = replyway_gateway::Settings {
+        listen: "127.0.0.1:0".into(),
+        admin_listen: String::new(),
+        routes: vec![route("POST", "/orders/{id}"), route("GET", "/orders/{key}")],
+        ..replyway_gateway::Settings::default()
+    };
+    for (settings, named) in [
+        (missing, vec!["tls"]),
+        (
+            conflicting,
+            vec!["routes[1].path", "POST /orders/{id}", "GET /orders/{key}"],
+        ),
+    ] {
+        let mut gateway = replyway_tests::Proc::spawn("replyway-gateway", &settings, None)?;
+        let status = gateway.wait_exit(Duration::from_secs(20)).await;
+        let log = gateway.log();
+        assert_eq!(status.and_then(|s| s.code()), Some(2), "{log}");
+        for name in named {
+            assert!(log.contains(name), "the log does not name {name}:\n{log}");
+        }
+    }
+    Ok(())
+}
