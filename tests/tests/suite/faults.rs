@@ -243,11 +243,22 @@ async fn a_killed_gateways_replies_are_fetchable_from_another() -> TestResult {
             })
         })
         .collect();
-    // Killed while all five wait for their replies.
+    // Killed while all five wait for their replies: their commands are on the
+    // topic (the waiting gauge alone counts requests admitted before their
+    // commands are produced).
     assert!(
         stack.until_waiting(0, 5, Duration::from_secs(10)).await,
         "the five requests never waited on gateway 0"
     );
+    let killed = |r: &[rdkafka::message::OwnedMessage]| {
+        r.iter()
+            .filter(|m| request_id(m).is_some_and(|v| v.starts_with("killed-")))
+            .count()
+            == 5
+    };
+    stack
+        .read_topic(&stack.echo_topic, Duration::from_secs(20), killed)
+        .await?;
     stack.gateways[0].process().signal("KILL")?;
     for handle in in_flight {
         assert!(
