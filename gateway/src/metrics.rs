@@ -74,7 +74,7 @@ impl Collector for Live {
         gauge(
             &mut encoder,
             "waiting_requests",
-            "Requests waiting for a reply on this node.",
+            "Places taken among the requests waiting on this node (bounded by max_waiting): a synchronous request from admission until answered, a long-poll while it waits.",
             i64::try_from(self.waiters.len()).unwrap_or(i64::MAX),
         )?;
         gauge(
