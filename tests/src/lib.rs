@@ -10,6 +10,7 @@ pub mod probe;
 mod process;
 mod redis_server;
 mod stack;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener as StdListener;

@@ -3,7 +3,6 @@
 //! reaches, an unsigned id answered without asking Redis, and the TLS
 //! versions and ALPN protocols the API port speaks.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -16,6 +15,7 @@ use replyway_gateway::routes::RouteConfig;
 use replyway_shared::correlation::Signer;
 use replyway_shared::record::new_correlation_id;
 use replyway_tests::probe::{self, spawn_gateway};
+use replyway_tests::tls::{certificates, key_pair};
 use replyway_tests::{Stack, StackOptions, eventually};
 
 type TestResult = anyhow::Result<()>;
@@ -24,37 +24,6 @@ const SECRET: &str = "correlation secret of the test deployment, 32+ bytes";
 const HS_SECRET: &str = "hs256 secret of the test issuer, 32+ bytes";
 const ISSUER: &str = "https://issuer.test";
 const AUDIENCE: &str = "replyway-test";
-
-/// Runs the `openssl` tool in `dir`.
-fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
-    let ok = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?
-        .success();
-    anyhow::ensure!(ok, "openssl {args:?} failed");
-    Ok(())
-}
-
-/// A key pair made with `openssl` (`rsa` or `ec`): (private PEM, public PEM).
-fn key_pair(dir: &Path, kind: &str) -> anyhow::Result<(String, String)> {
-    let (private, public) = (format!("{kind}.key"), format!("{kind}.pub"));
-    let algorithm: &[&str] = match kind {
-        "rsa" => &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
-        _ => &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
-    };
-    let mut generate = vec!["genpkey"];
-    generate.extend(algorithm);
-    generate.extend(["-out", &private]);
-    openssl(dir, &generate)?;
-    openssl(dir, &["pkey", "-pubout", "-in", &private, "-out", &public])?;
-    Ok((
-        std::fs::read_to_string(dir.join(private))?,
-        std::fs::read_to_string(dir.join(public))?,
-    ))
-}
 
 fn route(topic: &str, path: &str, auth: RouteAuth, scopes: &[&str]) -> RouteConfig {
     RouteConfig {
@@ -384,64 +353,6 @@ async fn an_unsigned_reply_id_is_answered_404_without_a_redis_call() -> TestResu
     let after = probe::redis_commands(&stack.redis).await?;
     assert_eq!(after, before, "unsigned ids were looked up in Redis");
     stack.shutdown().await
-}
-
-/// A CA and a server certificate it signs for 127.0.0.1, in `dir`
-/// (`ca.pem`, `cert.pem`, `key.pem`).
-fn certificates(dir: &Path) -> anyhow::Result<()> {
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )?;
-    for args in [
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=test-ca",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ][..],
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "leaf.csr",
-        ],
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            "leaf.ext",
-            "-out",
-            "cert.pem",
-        ],
-    ] {
-        openssl(dir, args)?;
-    }
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -9,6 +9,8 @@ use rdkafka::message::Headers;
 
 use replyway_shared::correlation::Signer;
 use replyway_shared::requester::{Requester, RequesterOptions};
+use replyway_tests::probe::spawn_gateway;
+use replyway_tests::tls::{certificates, key_pair};
 use replyway_tests::{Stack, StackOptions, eventually, produce};
 
 type TestResult = anyhow::Result<()>;
@@ -130,47 +132,6 @@ fn sha256_hex(text: &str) -> String {
     format!("{:x}", sha2::Sha256::digest(text.as_bytes()))
 }
 
-/// A key pair made with the `openssl` tool: (private PEM, public PEM).
-fn key_pair(dir: &std::path::Path, kind: &str) -> anyhow::Result<(String, String)> {
-    let private = dir.join(format!("{kind}.key"));
-    let public = dir.join(format!("{kind}.pub"));
-    let generate: &[&str] = match kind {
-        "rsa" => &[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-        ],
-        _ => &[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ],
-    };
-    let ok = std::process::Command::new("openssl")
-        .args(generate)
-        .arg("-out")
-        .arg(&private)
-        .stderr(std::process::Stdio::null())
-        .status()?
-        .success()
-        && std::process::Command::new("openssl")
-            .args(["pkey", "-pubout", "-in"])
-            .arg(&private)
-            .arg("-out")
-            .arg(&public)
-            .status()?
-            .success();
-    anyhow::ensure!(ok, "openssl could not make a {kind} key");
-    Ok((
-        std::fs::read_to_string(private)?,
-        std::fs::read_to_string(public)?,
-    ))
-}
-
 fn token(
     alg: jsonwebtoken::Algorithm,
     key: &jsonwebtoken::EncodingKey,
@@ -198,18 +159,6 @@ fn route(topic: &str, path: &str, auth: RouteAuth, scopes: &[&str]) -> RouteConf
         scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
         ..RouteConfig::default()
     }
-}
-
-/// A gateway of the stack's deployment with `settings`, in this process.
-async fn gateway(
-    settings: replyway_gateway::Settings,
-) -> anyhow::Result<(String, tokio_util::sync::CancellationToken)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let token = tokio_util::sync::CancellationToken::new();
-    let config = settings.build()?;
-    tokio::spawn(replyway_gateway::run(config, listener, None, token.clone()));
-    Ok((format!("http://{addr}"), token))
 }
 
 /// Whether the gateway at `base` answers its unauthenticated route within 20 s
@@ -331,7 +280,7 @@ async fn routes_let_in_only_who_belongs_and_replies_go_only_to_their_owner() -> 
     let dir = tempfile::tempdir()?;
     let (rsa_private, rsa_public) = key_pair(dir.path(), "rsa")?;
     let (ec_private, ec_public) = key_pair(dir.path(), "ec")?;
-    let (base, stop) = gateway(secured(&stack, dir.path(), &rsa_public, &ec_public)?).await?;
+    let (base, stop) = spawn_gateway(secured(&stack, dir.path(), &rsa_public, &ec_public)?).await?;
     let http = &stack.http;
     assert!(open_route_answers(http, &base).await);
     let post = |path: &str, auth: Option<String>| {
@@ -529,8 +478,8 @@ async fn rate_limits_are_shared_by_replicas_per_principal_and_route() -> TestRes
     let (_, rsa_public) = key_pair(dir.path(), "rsa")?;
     let (_, ec_public) = key_pair(dir.path(), "ec")?;
     let settings = secured(&stack, dir.path(), &rsa_public, &ec_public)?;
-    let (a, stop_a) = gateway(settings.clone()).await?;
-    let (b, stop_b) = gateway(settings).await?;
+    let (a, stop_a) = spawn_gateway(settings.clone()).await?;
+    let (b, stop_b) = spawn_gateway(settings).await?;
     let http = &stack.http;
     for base in [&a, &b] {
         assert!(open_route_answers(http, base).await);
@@ -586,74 +535,14 @@ async fn the_gateway_serves_tls_and_bounds_headers() -> TestResult {
     let dir = tempfile::tempdir()?;
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     let ca = dir.path().join("ca.pem");
-    // A CA, and a server certificate it signs for 127.0.0.1.
-    let openssl = |args: &[&str]| {
-        std::process::Command::new("openssl")
-            .current_dir(dir.path())
-            .args(args)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .map(|s| s.success())
-    };
-    std::fs::write(
-        dir.path().join("leaf.ext"),
-        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )?;
-    for args in [
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=test-ca",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ][..],
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "leaf.csr",
-        ],
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            "leaf.ext",
-            "-out",
-            "cert.pem",
-        ],
-    ] {
-        assert!(openssl(args)?, "openssl {args:?} failed");
-    }
+    certificates(dir.path())?;
     let mut settings = stack.gateway_settings.clone();
     settings.admin_listen = String::new();
     settings.tls = Some(replyway_gateway::tls::TlsConfig {
         cert_file: cert.to_string_lossy().into_owned(),
         key_file: key.to_string_lossy().into_owned(),
     });
-    let (base, stop) = gateway(settings).await?;
+    let (base, stop) = spawn_gateway(settings).await?;
     let https = base.replace("http://", "https://");
     let client = reqwest::Client::builder()
         .use_rustls_tls()
@@ -722,7 +611,7 @@ async fn the_gateway_serves_tls_and_bounds_headers() -> TestResult {
     let mut settings = stack.gateway_settings.clone();
     settings.admin_listen = String::new();
     settings.max_header_bytes = 4096;
-    let (small, stop) = gateway(settings).await?;
+    let (small, stop) = spawn_gateway(settings).await?;
     let send = |size: usize| {
         stack
             .http
