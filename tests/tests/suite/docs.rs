@@ -126,6 +126,46 @@ fn cells(line: &str) -> Vec<String> {
         .collect()
 }
 
+/// The rows of every table among `lines` (line number, text) whose header
+/// names both a `first` and a `second` column: the row's line and those two
+/// cells. Separator rows are skipped; any line that is not a table row ends
+/// a table.
+fn table_columns<'a>(
+    lines: impl IntoIterator<Item = (usize, &'a str)>,
+    first: &str,
+    second: &str,
+) -> Vec<(usize, String, String)> {
+    let mut rows = Vec::new();
+    let mut columns: Option<(usize, usize)> = None;
+    let mut header = true;
+    for (line, text) in lines {
+        if !text.trim_start().starts_with('|') {
+            (columns, header) = (None, true);
+            continue;
+        }
+        let row = cells(text);
+        if header {
+            header = false;
+            let a = row.iter().position(|c| c == first);
+            let b = row.iter().position(|c| c == second);
+            columns = a.zip(b);
+            continue;
+        }
+        let Some((a, b)) = columns else {
+            continue;
+        };
+        if row
+            .iter()
+            .all(|c| c.chars().all(|ch| ch == '-' || ch == ':'))
+        {
+            continue;
+        }
+        let cell = |at: usize| row.get(at).cloned().unwrap_or_default();
+        rows.push((line, cell(a), cell(b)));
+    }
+    rows
+}
+
 /// The tables of `page` whose first column is `key`, each under the heading it
 /// follows.
 fn settings_tables(page: &str) -> Vec<Table> {

@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use super::{cells, code_spans, read, root};
+use super::{code_spans, read, root, table_columns};
 
 const PAGE: &str = "ARCHITECTURE.md";
 
@@ -155,36 +155,12 @@ fn check_paths(prose: &[(usize, &str)], fenced: &[(usize, &str)], problems: &mut
 /// declared in its file. Returns how many names were checked.
 fn check_tables(prose: &[(usize, &str)], problems: &mut Vec<String>) -> usize {
     let mut checked = 0;
-    let mut columns: Option<(usize, usize)> = None;
-    let mut header = true;
-    for (line, text) in prose {
-        if !text.trim_start().starts_with('|') {
-            (columns, header) = (None, true);
-            continue;
-        }
-        let row = cells(text);
-        if header {
-            header = false;
-            let file = row.iter().position(|c| c == "file");
-            let names = row.iter().position(|c| c == "names");
-            columns = file.zip(names);
-            continue;
-        }
-        let Some((file, names)) = columns else {
-            continue;
-        };
-        if row
-            .iter()
-            .all(|c| c.chars().all(|ch| ch == '-' || ch == ':'))
-        {
-            continue;
-        }
-        let files = code_spans(row.get(file).map_or("", String::as_str)).to_vec();
+    for (line, file, names) in table_columns(prose.iter().copied(), "file", "names") {
+        let files = code_spans(&file).to_vec();
         let [path] = files[..] else {
             problems.push(format!("{PAGE}:{line}: the file cell must hold one `path`"));
             continue;
         };
-        let names = row.get(names).cloned().unwrap_or_default();
         let spans = code_spans(&names);
         if spans.is_empty() {
             problems.push(format!("{PAGE}:{line}: no `name` in the names cell"));

@@ -1,7 +1,7 @@
 //! docs/guarantees.md checked against the tests it names: every row's file
 //! exists and declares its test function as a test.
 
-use super::{cells, code_spans, read, root};
+use super::{code_spans, read, root, table_columns};
 
 const PAGE: &str = "docs/guarantees.md";
 
@@ -16,49 +16,25 @@ struct Claim {
 /// `test` column.
 fn claims(page: &str) -> (Vec<Claim>, Vec<String>) {
     let (mut claims, mut problems) = (Vec::new(), Vec::new());
-    let mut columns: Option<(usize, usize)> = None;
-    let mut header = true;
+    // Lines inside code fences are no table rows (and end a table).
     let mut fenced = false;
-    for (i, text) in page.lines().enumerate() {
+    let lines = page.lines().enumerate().map(|(i, text)| {
         if text.trim_start().starts_with("```") {
             fenced = !fenced;
         }
-        if fenced || !text.trim_start().starts_with('|') {
-            (columns, header) = (None, true);
-            continue;
-        }
-        let row = cells(text);
-        if header {
-            header = false;
-            let file = row.iter().position(|c| c == "file");
-            let test = row.iter().position(|c| c == "test");
-            columns = file.zip(test);
-            continue;
-        }
-        let Some((file, test)) = columns else {
-            continue;
-        };
-        if row
-            .iter()
-            .all(|c| c.chars().all(|ch| ch == '-' || ch == ':'))
-        {
-            continue;
-        }
-        let one = |at: usize| -> Option<String> {
-            match code_spans(row.get(at).map_or("", String::as_str))[..] {
+        (i + 1, if fenced { "" } else { text })
+    });
+    for (line, file, test) in table_columns(lines, "file", "test") {
+        let one = |cell: &str| -> Option<String> {
+            match code_spans(cell)[..] {
                 [span] => Some(span.to_owned()),
                 _ => None,
             }
         };
-        match (one(file), one(test)) {
-            (Some(file), Some(test)) => claims.push(Claim {
-                line: i + 1,
-                file,
-                test,
-            }),
+        match (one(&file), one(&test)) {
+            (Some(file), Some(test)) => claims.push(Claim { line, file, test }),
             _ => problems.push(format!(
-                "{PAGE}:{}: the file and test cells must each hold one code span",
-                i + 1
+                "{PAGE}:{line}: the file and test cells must each hold one code span"
             )),
         }
     }
