@@ -17,7 +17,6 @@ use axum::http::{Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, get};
 
-use crate::observe::Label;
 use crate::problem::GatewayError;
 use crate::serving::RouteState;
 use crate::state::AppState;
@@ -68,8 +67,9 @@ async fn openapi(State(state): State<AppState>) -> Response {
 }
 
 /// Any path no route serves.
+///
+/// Unlabelled: the observing layer counts a `404` without a route label as
+/// unmatched.
 async fn no_route(uri: Uri) -> Response {
-    let mut response = GatewayError::NoRoute(uri.path().to_owned()).into_response();
-    response.extensions_mut().insert(Label::Own("-"));
-    response
+    GatewayError::NoRoute(uri.path().to_owned()).into_response()
 }

@@ -196,7 +196,13 @@ pub async fn claim(
             wait: follow_for,
         };
         match follow(state, following, ticket.take()).await {
-            Err(GatewayError::Timeout(..)) if follow_for < left => retried = true,
+            // Followed until the lease ended: claim again (not when the
+            // wait was cut short by the end of the shutdown grace).
+            Err(GatewayError::Timeout(..))
+                if follow_for < left && !state.grace_over.is_cancelled() =>
+            {
+                retried = true;
+            }
             answered => return answered.map(Claimed::Answered),
         }
     }
@@ -245,9 +251,17 @@ async fn follow(
     if let Some((_, reply)) = found.into_iter().next() {
         return Ok(reply_response(&id, &reply, allowed));
     }
-    match tokio::time::timeout(wait, waiter.reply()).await {
-        Ok(reply) => Ok(reply_response(&id, &reply, allowed)),
-        Err(_) => Err(GatewayError::Timeout(wait.as_millis(), id)),
+    let started = Instant::now();
+    let reply = state
+        .within_grace(async { tokio::time::timeout(wait, waiter.reply()).await.ok() })
+        .await;
+    match reply {
+        Some(reply) => Ok(reply_response(&id, &reply, allowed)),
+        // How long it waited: the whole wait, or until the grace ran out.
+        None => Err(GatewayError::Timeout(
+            wait.min(started.elapsed()).as_millis(),
+            id,
+        )),
     }
 }
 

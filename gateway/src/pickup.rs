@@ -112,11 +112,9 @@ async fn lookup(
         Lookup::Unknown => Err(GatewayError::UnknownReply(id)),
         Lookup::Pending(pending) => match (waiter.as_mut(), wait) {
             (Some(waiter), Some(wait)) => {
-                let reply = tokio::select! {
-                    reply = tokio::time::timeout(wait, waiter.reply()) => reply.ok(),
-                    // The gateway is stopping and its grace ran out.
-                    () = state.grace_over.cancelled() => None,
-                };
+                let reply = state
+                    .within_grace(async { tokio::time::timeout(wait, waiter.reply()).await.ok() })
+                    .await;
                 match reply {
                     Some(reply) => Ok(reply_response(&id, &reply, allowed(Some(&pending.route)))),
                     None => Ok(pending_response(&id)),

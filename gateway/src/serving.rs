@@ -78,11 +78,7 @@ async fn answer(
         Submitted::Answered(response) => response,
         Submitted::Waiting { id, produced, wait } => {
             let started = std::time::Instant::now();
-            let reply = tokio::select! {
-                reply = produced.reply(wait) => reply,
-                // The gateway is stopping and its grace ran out.
-                () = state.grace_over.cancelled() => None,
-            };
+            let reply = state.within_grace(produced.reply(wait)).await;
             // How long it waited: the whole wait, or until the grace ran out.
             let waited = wait.min(started.elapsed());
             match reply {

@@ -1,6 +1,7 @@
 //! What every handler shares: the checked configuration, the node of the
 //! correlation, the responder watch and the metrics.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -102,6 +103,16 @@ impl AppState {
         match error {
             AuthError::Forbidden(_) => GatewayError::Forbidden(error, challenge),
             _ => GatewayError::Unauthenticated(error, challenge),
+        }
+    }
+
+    /// Runs a request's wait for its reply (`None`: no reply in time), cut
+    /// short when the gateway is stopping and its `shutdown_grace` ran out, so
+    /// that every waiting request is answered before its connection closes.
+    pub async fn within_grace<T>(&self, wait: impl Future<Output = Option<T>>) -> Option<T> {
+        tokio::select! {
+            reply = wait => reply,
+            () = self.grace_over.cancelled() => None,
         }
     }
 
