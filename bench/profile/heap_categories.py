@@ -14,9 +14,10 @@ import sys
 CATEGORIES = [
     ("redis client: commands in flight",
      r"redis::|connection_manager\.rs|multiplexed_connection|script\.rs|cmd\.rs|write_arg"),
-    ("gateway: submission future (boxed, freed before the wait)",
-     r"pin<> \(boxed\.rs\);\{async_fn#0\} \(serving\.rs\)"),
-    ("axum: boxed handler future (the request's future and its extractors)",
+    ("gateway: a request's submission and answer (two boxes from RouteService::call;"
+     " the submission is freed once the command is produced)",
+     r"pin<> \(boxed\.rs\);call \(serving\.rs\)"),
+    ("axum: boxed route future (with the observing layer's state)",
      r"boxed_clone_sync"),
     ("hyper/h2: stream state, header and body buffers",
      r"\(recv\.rs\)|\(streams\.rs\)|h2::|\(buffer\.rs\)|hpack|recv_headers|recv_frame|decoder\.rs|proto::h2"),

@@ -1,5 +1,5 @@
 //! The HTTP API as one axum router: each configured route registered under its
-//! path with its [`Route`] as handler state, the gateway's own endpoints
+//! path as its own service ([`RouteService`]), the gateway's own endpoints
 //! beside them, and the observing layer around all of it.
 //!
 //! Conflicts between routes were refused when the route table was built
@@ -12,13 +12,12 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::handler::Handler as _;
 use axum::http::{Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, get};
 
 use crate::problem::GatewayError;
-use crate::serving::RouteState;
+use crate::serving::RouteService;
 use crate::state::AppState;
 
 /// The HTTP API.
@@ -30,12 +29,9 @@ pub fn router(state: AppState) -> Router {
             // Refused when the route table was built.
             continue;
         };
-        let handler = crate::serving::serve.with_state(RouteState {
-            app: state.clone(),
-            route: Arc::new(route.clone()),
-        });
+        let service = RouteService::new(state.clone(), Arc::new(route.clone()));
         let methods = paths.remove(&route.path_pattern()).unwrap_or_default();
-        paths.insert(route.path_pattern(), methods.on_service(filter, handler));
+        paths.insert(route.path_pattern(), methods.on_service(filter, service));
     }
     let mut api = Router::new();
     for (path, methods) in paths {

@@ -8,15 +8,19 @@
 //! the body; then Redis and Kafka.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::rejection::RawPathParamsRejection;
-use axum::extract::{FromRequestParts as _, RawPathParams, Request, State};
+use axum::extract::{FromRequestParts as _, RawPathParams, Request};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures::FutureExt as _;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use replyway_shared::exchange::{Command, SubmitError, Submitted as Produced};
@@ -33,22 +37,66 @@ use crate::reply::{pending_response, reply_response};
 use crate::routes::Route;
 use crate::state::AppState;
 
-/// A route's handler state: the gateway's, and the route it serves.
+/// A configured route as the tower service axum routes its requests to.
+///
+/// A request is two allocations with lifetimes of their own: its
+/// submission ([`submit`]: the request's head, the checks, the Redis and
+/// Kafka round trips), freed once the command is produced, and its answer
+/// ([`serve`]), which is all that stays allocated while the request waits
+/// (thousands at once). An axum handler (`async fn(State, Request)`) would
+/// keep the request's head and the handler's own future in the waiting state
+/// for the whole wait: 1 800 B a waiting request instead of the answer's
+/// size (sizes from `-Zprint-type-sizes`, in docs/benchmark.md).
 #[derive(Clone)]
-pub struct RouteState {
-    /// The gateway.
-    pub app: AppState,
-    /// The route.
-    pub route: Arc<Route>,
+pub struct RouteService {
+    app: AppState,
+    route: Arc<Route>,
 }
 
-/// The handler of every configured route.
-pub async fn serve(
-    State(RouteState { app, route }): State<RouteState>,
-    request: Request,
-) -> Response {
+impl RouteService {
+    /// The service of `route`.
+    pub fn new(app: AppState, route: Arc<Route>) -> Self {
+        Self { app, route }
+    }
+
+    /// The bytes of the two allocations [`call`](tower::Service::call) makes
+    /// for `request`: its submission, and its answer (what a waiting request
+    /// holds). Nothing is run.
+    pub fn allocation_sizes(&self, request: Request) -> (usize, usize) {
+        let submission = Box::pin(submit(self.app.clone(), Arc::clone(&self.route), request));
+        let submission_size = std::mem::size_of_val(&*submission);
+        let answer = serve(self.app.clone(), Arc::clone(&self.route), submission);
+        (submission_size, std::mem::size_of_val(&answer))
+    }
+}
+
+impl tower::Service<Request> for RouteService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let submission = Box::pin(submit(self.app.clone(), Arc::clone(&self.route), request));
+        Box::pin(serve(self.app.clone(), Arc::clone(&self.route), submission))
+    }
+}
+
+/// A request's submission: everything before the wait.
+type Submission = Result<(Submitted, Option<RateInfo>), GatewayError>;
+
+/// Answers a request once its submission is done: with the reply, or a
+/// problem.
+async fn serve(
+    app: AppState,
+    route: Arc<Route>,
+    submission: Pin<Box<impl Future<Output = Submission>>>,
+) -> Result<Response, Infallible> {
     tracing::Span::current().record("route", route.name.as_str());
-    let result = answer(&app, &route, request).await;
+    let result = answer(&app, &route, submission).await;
     match &result {
         Err(GatewayError::Timeout(..)) => {
             app.metrics
@@ -63,17 +111,16 @@ pub async fn serve(
     }
     let mut response = result.unwrap_or_else(IntoResponse::into_response);
     response.extensions_mut().insert(Label::Route(route));
-    response
+    Ok(response)
 }
 
 async fn answer(
     state: &AppState,
     route: &Route,
-    request: Request,
+    submission: Pin<Box<impl Future<Output = Submission>>>,
 ) -> Result<Response, GatewayError> {
-    // Submitting is boxed and freed before the wait: what stays allocated while
-    // a request waits (thousands at once) is only the waiting state.
-    let (submitted, rate) = Box::pin(submit(state, route, request)).await?;
+    // The submission's allocation is freed here, before the wait.
+    let (submitted, rate) = submission.await?;
     let mut response = match submitted {
         Submitted::Answered(response) => response,
         Submitted::Waiting { id, produced, wait } => {
@@ -109,35 +156,11 @@ enum Submitted {
 /// ([`prepare`]), then its command produced ([`produce`]). The two are awaited
 /// one after the other so that a request's state holds one of them at a time
 /// (the request's head is gone once the command is built).
-async fn submit(
-    state: &AppState,
-    route: &Route,
-    request: Request,
-) -> Result<(Submitted, Option<RateInfo>), GatewayError> {
-    let prepared = match prepare(state, route, request).await? {
-        Prepared::Answered(response, rate) => return Ok((Submitted::Answered(response), rate)),
-        Prepared::Command(prepared) => prepared,
-    };
-    let Ready {
-        record,
-        principal,
-        prefer,
-        wait,
-        ticket,
-        scope,
-        rate,
-    } = *prepared;
-    let id = record.correlation_id.clone();
-    let produced = produce(state, route, record, principal.as_deref(), ticket, scope).await?;
-    if prefer.respond_async {
-        let mut response = pending_response(&id);
-        response.headers_mut().insert(
-            "preference-applied",
-            HeaderValue::from_static("respond-async"),
-        );
-        return Ok((Submitted::Answered(response), rate));
+async fn submit(state: AppState, route: Arc<Route>, request: Request) -> Submission {
+    match prepare(&state, &route, request).await? {
+        Prepared::Answered(response, rate) => Ok((Submitted::Answered(response), rate)),
+        Prepared::Command(ready) => produce(&state, &route, ready).await,
     }
-    Ok((Submitted::Waiting { id, produced, wait }, rate))
 }
 
 /// A request read and checked.
@@ -323,45 +346,68 @@ fn record(
 
 /// Produces the command through the node; an idempotency claim is marked
 /// produced, or released when the command could not be produced.
-async fn produce(
-    state: &AppState,
-    route: &Route,
-    record: Record,
-    principal: Option<&str>,
-    waiting: Option<Ticket>,
-    scope: Option<Scope>,
-) -> Result<Produced, GatewayError> {
+///
+/// The record goes into the node's submission before the first await, so
+/// that the future holds what follows the produce, not the record.
+fn produce<'a>(
+    state: &'a AppState,
+    route: &'a Route,
+    ready: Box<Ready>,
+) -> impl Future<Output = Submission> + Send + 'a {
+    let Ready {
+        record,
+        principal,
+        prefer,
+        wait,
+        ticket,
+        scope,
+        rate,
+    } = *ready;
     let id = record.correlation_id.clone();
     let key = route.key(&id, &record.params);
     let command = Command {
         request: record,
         topic: &route.topic,
-        key: key.as_bytes(),
+        key: Bytes::from(key),
         label: &route.name,
         principal,
         spring_headers: route.spring_headers,
         within: route.timeout,
     };
-    match state.node.submit(command, waiting).await {
-        Ok(produced) => {
+    // `then`, not an async block awaiting the submission: a future captured by
+    // an async block is held twice (captured and awaited).
+    state
+        .node
+        .submit(command, ticket)
+        .then(move |submitted| async move {
+            let produced = match submitted {
+                Ok(produced) => produced,
+                Err(e) => {
+                    if let Some(scope) = &scope {
+                        scope.release(state, &id).await;
+                    }
+                    return Err(match e {
+                        SubmitError::Redis(e) => GatewayError::Redis(e),
+                        SubmitError::Kafka(e) => GatewayError::Kafka(e),
+                        SubmitError::KafkaTimeout(bound) => {
+                            GatewayError::KafkaTimeout(bound.as_millis(), id)
+                        }
+                    });
+                }
+            };
             if let Some(scope) = &scope {
                 Box::pin(scope.produced(state, &id)).await;
             }
-            Ok(produced)
-        }
-        Err(e) => {
-            if let Some(scope) = &scope {
-                scope.release(state, &id).await;
+            if prefer.respond_async {
+                let mut response = pending_response(&id);
+                response.headers_mut().insert(
+                    "preference-applied",
+                    HeaderValue::from_static("respond-async"),
+                );
+                return Ok((Submitted::Answered(response), rate));
             }
-            Err(match e {
-                SubmitError::Redis(e) => GatewayError::Redis(e),
-                SubmitError::Kafka(e) => GatewayError::Kafka(e),
-                SubmitError::KafkaTimeout(bound) => {
-                    GatewayError::KafkaTimeout(bound.as_millis(), id)
-                }
-            })
-        }
-    }
+            Ok((Submitted::Waiting { id, produced, wait }, rate))
+        })
 }
 
 /// The request's ticket, or a new one when a follow used it up.

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
@@ -69,11 +70,11 @@ pub struct Command<'a> {
     /// The request topic.
     pub topic: &'a str,
     /// The record key.
-    pub key: &'a [u8],
+    pub key: Bytes,
     /// What the pending record names the request by (a route, a topic).
     pub label: &'a str,
     /// Who may pick the reply up, when the caller authenticated.
-    pub principal: Option<&'a str>,
+    pub principal: Option<String>,
     /// Whether the record also carries Spring's reply headers.
     pub spring_headers: bool,
     /// Longest wait for the broker's acknowledgement (bounded further by the
@@ -271,15 +272,16 @@ impl Node {
     /// registered and the pending record names this node before the command
     /// is produced (invariant 1); without one, the reply is only stored.
     /// When the command is not produced, its pending record is deleted
-    /// (invariant 2) and the error says why.
+    /// (invariant 2) and the error says why. Nothing happens until the
+    /// future is polled.
     ///
     /// # Errors
     /// [`SubmitError`]; nothing is left pending.
-    pub async fn submit(
-        &self,
-        command: Command<'_>,
+    pub fn submit<'a>(
+        &'a self,
+        command: Command<'a>,
         ticket: Option<Ticket>,
-    ) -> Result<Submitted, SubmitError> {
+    ) -> impl Future<Output = Result<Submitted, SubmitError>> + Send + 'a {
         let Command {
             mut request,
             topic,
@@ -289,55 +291,67 @@ impl Node {
             spring_headers,
             within,
         } = command;
-        let inner = &self.inner;
+        let inner = &*self.inner;
         let created = SystemTime::now();
         request.reply_to.clone_from(&inner.reply_topic);
         // After the caller gave up, the reply can still be picked up for as
         // long as Redis keeps it: only then will nobody collect it.
         request.deadline = Some(unix_millis(created + inner.store.ttl()));
-        let id = request.correlation_id.as_str();
-
-        // Invariant 1: listening before anything can reply.
-        let waiter = ticket.map(|ticket| ticket.register(id));
-        inner
-            .store
-            .create_pending(
-                id,
-                label,
-                unix_millis(created),
-                waiter.as_ref().map(|_| inner.id.as_str()),
-                principal,
-            )
-            .await?;
-
+        // The record's headers are built before the first await, so that the
+        // future holds them, the body and the id — not the whole request
+        // (thousands of submissions can be in flight at once).
         let mut headers = request.record_headers();
         if spring_headers {
             headers = request.spring_headers(headers);
         }
-        let record = FutureRecord::to(topic)
-            .key(key)
-            .payload(&request.body[..])
-            .headers(headers);
-        // Bounded here as well as by the producer's message.timeout.ms:
-        // librdkafka notices an expired message only when its broker thread
-        // wakes, which can be seconds late while the broker is unreachable.
-        let bound = inner.produce_timeout.min(within);
-        let produced =
-            match tokio::time::timeout(bound, inner.producer.send(record, Timeout::After(bound)))
-                .await
+        let Request {
+            correlation_id: id,
+            body,
+            ..
+        } = request;
+        async move {
+            // Invariant 1: listening before anything can reply.
+            let waiter = ticket.map(|ticket| ticket.register(&id));
+            inner
+                .store
+                .create_pending(
+                    &id,
+                    label,
+                    unix_millis(created),
+                    waiter.as_ref().map(|_| inner.id.as_str()),
+                    principal.as_deref(),
+                )
+                .await?;
+
+            let record = FutureRecord::to(topic)
+                .key(&key[..])
+                .payload(&body[..])
+                .headers(headers);
+            // Bounded here as well as by the producer's message.timeout.ms:
+            // librdkafka notices an expired message only when its broker
+            // thread wakes, which can be seconds late while the broker is
+            // unreachable.
+            let bound = inner.produce_timeout.min(within);
+            let produced = match tokio::time::timeout(
+                bound,
+                inner.producer.send(record, Timeout::After(bound)),
+            )
+            .await
             {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err((e, _))) => Err(SubmitError::Kafka(e)),
                 Err(_) => Err(SubmitError::KafkaTimeout(bound)),
             };
-        if let Err(e) = produced {
-            // Invariant 2: nobody will reply to a command that was not produced.
-            if let Err(cleanup) = inner.store.delete_pending(id).await {
-                tracing::warn!(correlation_id = %id, error = %cleanup, "could not remove the pending record of an unproduced request; it expires with its TTL");
+            if let Err(e) = produced {
+                // Invariant 2: nobody will reply to a command that was not
+                // produced.
+                if let Err(cleanup) = inner.store.delete_pending(&id).await {
+                    tracing::warn!(correlation_id = %id, error = %cleanup, "could not remove the pending record of an unproduced request; it expires with its TTL");
+                }
+                return Err(e);
             }
-            return Err(e);
+            Ok(Submitted { waiter })
         }
-        Ok(Submitted { waiter })
     }
 }
 

@@ -253,9 +253,9 @@ impl Requester {
         let command = Command {
             request,
             topic,
-            key: &key,
+            key,
             label: topic,
-            principal: principal.as_deref(),
+            principal,
             spring_headers: false,
             within: timeout,
         };

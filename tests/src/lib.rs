@@ -24,7 +24,7 @@ use replyway_shared::settings::KafkaSettings;
 
 pub use kafka::{Broker, kafka_libs, kafka_version};
 pub use offsets::GroupOffsets;
-pub use process::{Proc, bin_path};
+pub use process::{Proc, bin_path, reported_addr};
 pub use redis_server::RedisServer;
 pub use stack::{BrokerChoice, BrokerRef, Node, Running, Stack, StackOptions, test_routes};
 /// A free TCP port on 127.0.0.1.

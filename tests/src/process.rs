@@ -1,7 +1,7 @@
 //! Replyway binaries run as OS processes, so a test can signal or kill them.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -118,11 +118,116 @@ impl Proc {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
+
+    /// The address it reported in its log as `field=` (see [`reported_addr`]).
+    ///
+    /// # Errors
+    /// When it exits or does not report the address in time.
+    pub async fn reported_addr(
+        &mut self,
+        field: &str,
+        within: Duration,
+    ) -> anyhow::Result<SocketAddr> {
+        reported_addr(self.log.path(), &mut self.child, field, within).await
+    }
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// The address `child` reported in its log file as `field=` (a gateway's
+/// `listen`, the admin port's `admin`), waiting up to `within` for the line.
+/// A binary given port 0 binds a free port itself and reports it: no port is
+/// guessed beforehand that another process could take in between.
+///
+/// # Errors
+/// When the child exits or does not report the address in time.
+pub async fn reported_addr(
+    log_file: &Path,
+    child: &mut Child,
+    field: &str,
+    within: Duration,
+) -> anyhow::Result<SocketAddr> {
+    let started = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(log_file).unwrap_or_default();
+        if let Some(value) = logged_field(&log, field) {
+            return value
+                .parse()
+                .with_context(|| format!("{field}={value} is not an address"));
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            anyhow::bail!("exited ({status}) before reporting {field}:\n{log}");
+        }
+        anyhow::ensure!(
+            started.elapsed() < within,
+            "did not report {field} within {within:?}:\n{log}"
+        );
+        // Polling the log file: the line is the event.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of the first `field=value` in a text log (coloured or not), or
+/// of `"field":"value"` in a JSON log.
+fn logged_field(log: &str, field: &str) -> Option<String> {
+    let text = format!(" {field}=");
+    let json = format!("\"{field}\":\"");
+    log.lines().find_map(|line| {
+        if let Some(at) = line.find(&json) {
+            return line[at + json.len()..].split('"').next().map(str::to_owned);
+        }
+        let line = strip_colours(line);
+        let at = line.find(&text)?;
+        line[at + text.len()..]
+            .split_whitespace()
+            .next()
+            .map(str::to_owned)
+    })
+}
+
+/// `line` without its ANSI escape sequences (tracing colours field names:
+/// `ESC[3mlisten ESC[0m ESC[2m= ESC[0m`).
+fn strip_colours(line: &str) -> String {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters… final byte in @..~
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) && c != '[' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logged_field;
+
+    #[test]
+    fn reads_an_address_from_text_coloured_and_json_lines() {
+        let text = "2026-12-02T20:00:00Z  INFO replyway_gateway: gateway started listen=127.0.0.1:4100 admin=127.0.0.1:4101";
+        assert_eq!(
+            logged_field(text, "listen").as_deref(),
+            Some("127.0.0.1:4100")
+        );
+        assert_eq!(
+            logged_field(text, "admin").as_deref(),
+            Some("127.0.0.1:4101")
+        );
+        let coloured = "\x1b[2m2026\x1b[0m \x1b[32m INFO\x1b[0m gateway started \x1b[3mlisten\x1b[0m\x1b[2m=\x1b[0m127.0.0.1:4100";
+        assert_eq!(
+            logged_field(coloured, "listen").as_deref(),
+            Some("127.0.0.1:4100")
+        );
+        let json = r#"{"level":"INFO","message":"gateway started","listen":"127.0.0.1:4100"}"#;
+        assert_eq!(
+            logged_field(json, "listen").as_deref(),
+            Some("127.0.0.1:4100")
+        );
+        assert_eq!(logged_field("nothing here", "listen"), None);
     }
 }

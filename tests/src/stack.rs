@@ -19,6 +19,9 @@ use replyway_shared::settings::RedisSettings;
 
 use crate::{Broker, Proc, RedisServer, eventually, free_port, init_logs};
 
+/// How long a binary started as a process may take to report its ports.
+const REPORTED: Duration = Duration::from_secs(60);
+
 /// A component running in this process.
 pub struct Running {
     /// Its HTTP address, for gateways.
@@ -262,20 +265,16 @@ impl Stack {
         let mut gateway_admin = Vec::new();
         for _ in 0..options.gateways {
             if options.processes {
-                let port = free_port();
-                let admin_listen = format!("127.0.0.1:{}", free_port());
-                gateway_admin.push(admin_listen.clone());
+                // Port 0: the gateway binds its ports and reports them.
                 let settings = replyway_gateway::Settings {
-                    listen: format!("127.0.0.1:{port}"),
-                    admin_listen,
+                    listen: "127.0.0.1:0".into(),
+                    admin_listen: "127.0.0.1:0".into(),
                     ..gateway_settings.clone()
                 };
-                let addr = SocketAddr::from(([127, 0, 0, 1], port));
-                gateways.push(Node::Process(Proc::spawn(
-                    "replyway-gateway",
-                    &settings,
-                    Some(addr),
-                )?));
+                let mut gateway = Proc::spawn("replyway-gateway", &settings, None)?;
+                gateway.addr = Some(gateway.reported_addr("listen", REPORTED).await?);
+                gateway_admin.push(gateway.reported_addr("admin", REPORTED).await?.to_string());
+                gateways.push(Node::Process(gateway));
             } else {
                 // Bound here and handed over, as the binary's main does.
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -303,17 +302,18 @@ impl Stack {
         let mut collector_stats = Arc::default();
         for i in 0..options.collectors {
             if options.processes {
-                let admin_listen = format!("127.0.0.1:{}", free_port());
-                collector_admin.push(admin_listen.clone());
                 let settings = replyway_collector::Settings {
-                    admin_listen,
+                    admin_listen: "127.0.0.1:0".into(),
                     ..collector_settings.clone()
                 };
-                collectors.push(Node::Process(Proc::spawn(
-                    "replyway-collector",
-                    &settings,
-                    None,
-                )?));
+                let mut collector = Proc::spawn("replyway-collector", &settings, None)?;
+                collector_admin.push(
+                    collector
+                        .reported_addr("admin", REPORTED)
+                        .await?
+                        .to_string(),
+                );
+                collectors.push(Node::Process(collector));
             } else {
                 let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
                 collector_admin.push(admin.local_addr()?.to_string());

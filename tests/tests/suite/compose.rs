@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value as Json;
 use serde_yaml_ng::Value as Yaml;
 
-use replyway_tests::{Broker, RedisServer, bin_path, eventually, free_port, init_logs};
+use replyway_tests::{Broker, RedisServer, bin_path, eventually, init_logs};
 
 type TestResult = anyhow::Result<()>;
 
@@ -39,6 +39,8 @@ const CHILD_SERVICE: &str = "COMPOSE_TEST_LOAD_SERVICE";
 const CHILD_CONFIG: &str = "COMPOSE_TEST_LOAD_CONFIG";
 /// Prefix of the child's answer on its standard output.
 const CHILD_ANSWER: &str = "compose-test-settings:";
+/// How long a started binary may take to report its ports.
+const START: Duration = Duration::from_secs(60);
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -712,6 +714,11 @@ impl Running {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 
+    /// The address it reported as `field=`.
+    async fn reported_addr(&mut self, field: &str) -> anyhow::Result<std::net::SocketAddr> {
+        replyway_tests::reported_addr(self.log.path(), &mut self.child, field, START).await
+    }
+
     /// SIGTERM, then the exit status within `within`.
     async fn terminate(&mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
         let status = Command::new("kill")
@@ -785,9 +792,8 @@ async fn compose_commands_serve_requests_end_to_end() -> TestResult {
         ("REPLYWAY_REDIS__URL".to_owned(), redis.url()),
     ]);
 
-    let api = format!("127.0.0.1:{}", free_port());
-    let gateway_admin = format!("127.0.0.1:{}", free_port());
-    let collector_admin = format!("127.0.0.1:{}", free_port());
+    // Port 0: each binary binds its ports and reports them.
+    let any = "127.0.0.1:0";
     let with = |pairs: &[(&str, &str)]| {
         let mut env = common.clone();
         for (k, v) in pairs {
@@ -799,18 +805,18 @@ async fn compose_commands_serve_requests_end_to_end() -> TestResult {
     let mut running = vec![
         start_service(
             &services["collector"],
-            &with(&[("REPLYWAY_ADMIN_LISTEN", &collector_admin)]),
+            &with(&[("REPLYWAY_ADMIN_LISTEN", any)]),
         )?,
         start_service(&services["echo"], &common)?,
         start_service(&services["ledger"], &common)?,
         start_service(
             &services["gateway"],
-            &with(&[
-                ("REPLYWAY_LISTEN", &api),
-                ("REPLYWAY_ADMIN_LISTEN", &gateway_admin),
-            ]),
+            &with(&[("REPLYWAY_LISTEN", any), ("REPLYWAY_ADMIN_LISTEN", any)]),
         )?,
     ];
+    let collector_admin = running[0].reported_addr("admin").await?;
+    let api = running[3].reported_addr("listen").await?;
+    let gateway_admin = running[3].reported_addr("admin").await?;
     let logs = |running: &[Running]| {
         running
             .iter()

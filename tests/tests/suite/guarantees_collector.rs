@@ -9,7 +9,7 @@ use rdkafka::message::Headers;
 use replyway_shared::correlation::Signer;
 use replyway_shared::record::ReplyError;
 use replyway_tests::probe::{self, header, produce_raw};
-use replyway_tests::{Proc, Stack, StackOptions, bin_path, eventually, free_port};
+use replyway_tests::{Proc, Stack, StackOptions, bin_path, eventually};
 
 type TestResult = anyhow::Result<()>;
 
@@ -175,14 +175,16 @@ async fn collector_secrets_never_reach_its_help_log_or_metrics() -> TestResult {
         ..StackOptions::default()
     })
     .await?;
-    let admin = format!("127.0.0.1:{}", free_port());
     let mut settings = stack.collector_settings.clone();
-    settings.admin_listen = admin.clone();
+    settings.admin_listen = "127.0.0.1:0".into();
     // A group of its own: it reads every reply, beside the stack's collector.
     settings.group_id = format!("{}-secrets", stack.prefix);
     settings.log.filter = "debug".into();
     assert!(settings.redis.url.expose().contains(redis_password));
     let mut collector = Proc::spawn_with_log("replyway-collector", &settings, None, "debug")?;
+    let admin = collector
+        .reported_addr("admin", Duration::from_secs(60))
+        .await?;
 
     // A reply stored, and a planted (unsigned) one rejected and dead-lettered.
     let r = stack
@@ -201,6 +203,7 @@ async fn collector_secrets_never_reach_its_help_log_or_metrics() -> TestResult {
         b"planted body 4242",
     )
     .await?;
+    let admin = admin.to_string();
     let (http, at) = (&stack.http, admin.as_str());
     // Both collectors read every reply: whichever stores it first, the other
     // counts it as a duplicate.

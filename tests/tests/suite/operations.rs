@@ -359,13 +359,14 @@ async fn spans_are_exported_over_otlp_when_an_endpoint_is_configured() -> TestRe
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let stack = Stack::start(StackOptions::default()).await?;
-    let port = replyway_tests::free_port();
     let mut settings = stack.gateway_settings.clone();
-    settings.listen = format!("127.0.0.1:{port}");
+    settings.listen = "127.0.0.1:0".into();
     settings.admin_listen = String::new();
     settings.log.otlp_endpoint = Some(format!("http://{otlp}/v1/traces"));
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut gateway = replyway_tests::Proc::spawn("replyway-gateway", &settings, Some(addr))?;
+    let mut gateway = replyway_tests::Proc::spawn("replyway-gateway", &settings, None)?;
+    let addr = gateway
+        .reported_addr("listen", Duration::from_secs(60))
+        .await?;
     let url = format!("http://{addr}/echo");
     let id = std::sync::Mutex::new(String::new());
     let answered = eventually(Duration::from_secs(20), || async {

@@ -637,10 +637,8 @@ async fn secrets_never_reach_logs_metrics_or_help() -> TestResult {
     })
     .await?;
     let mut settings = stack.gateway_settings.clone();
-    let port = replyway_tests::free_port();
-    let admin = format!("127.0.0.1:{}", replyway_tests::free_port());
-    settings.listen = format!("127.0.0.1:{port}");
-    settings.admin_listen = admin.clone();
+    settings.listen = "127.0.0.1:0".into();
+    settings.admin_listen = "127.0.0.1:0".into();
     settings.correlation_secret = Some(SECRET.into());
     settings.log.filter = "debug".into();
     assert!(settings.redis.url.expose().contains(redis_password));
@@ -660,9 +658,14 @@ async fn secrets_never_reach_logs_metrics_or_help() -> TestResult {
         ..AuthConfig::default()
     };
     settings.routes = vec![route(&stack.echo_topic, "/secure/any", RouteAuth::Any, &[])];
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut gateway =
-        replyway_tests::Proc::spawn_with_log("replyway-gateway", &settings, Some(addr), "debug")?;
+        replyway_tests::Proc::spawn_with_log("replyway-gateway", &settings, None, "debug")?;
+    let addr = gateway
+        .reported_addr("listen", Duration::from_secs(60))
+        .await?;
+    let admin = gateway
+        .reported_addr("admin", Duration::from_secs(60))
+        .await?;
     let url = format!("http://{addr}/secure/any");
     let answered = eventually(Duration::from_secs(20), || async {
         stack
