@@ -23,7 +23,7 @@ for n in $(seq 1 "$RUNS"); do
     tail -n 40 "$OUT/run-$n.log" >&2
     exit 1
   }
-  rm -f "$OUT/run-$n.log" "$OUT/run-$n/latency.png"
+  rm -f "$OUT/run-$n.log"
 done
 python3 bench/spread.py "$OUT"/run-*/results.md >"$OUT/summary.md"
 cat "$OUT/summary.md"

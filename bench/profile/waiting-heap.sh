@@ -71,4 +71,4 @@ for _ in $(seq 1 50); do [ -s "$OUT/gateway.zst" ] && ! kill -0 "$gateway" 2>/de
 sleep 2
 heaptrack_print -f "$OUT/gateway.zst" -s 0 --print-peaks 0 --print-allocators 0 --print-temporary 0 \
   --print-leaks 0 --flamegraph-cost-type peak -F "$OUT/peak.folded" | grep -E 'peak heap|peak RSS'
-python3 bench/profile/heap_categories.py "$OUT/peak.folded" "$N"
+python3 bench/profile/heap_categories.py "$OUT/peak.folded" "$N" | tee "$OUT/summary.txt"

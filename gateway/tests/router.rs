@@ -231,8 +231,14 @@ async fn a_requests_futures_stay_small() {
     let (submission, answer) =
         service.allocation_sizes(Request::post("/orders/1").body(Body::empty()).unwrap());
     eprintln!("a request's submission: {submission} bytes; its answer: {answer} bytes");
-    assert!(answer <= ANSWER_BOUND, "the answer future is {answer} bytes");
-    assert!(submission <= SUBMISSION_BOUND, "the submission future is {submission} bytes");
+    assert!(
+        answer <= ANSWER_BOUND,
+        "the answer future is {answer} bytes"
+    );
+    assert!(
+        submission <= SUBMISSION_BOUND,
+        "the submission future is {submission} bytes"
+    );
 }
 
 /// Most bytes a request's answer may take.

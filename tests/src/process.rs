@@ -132,6 +132,13 @@ impl Proc {
     }
 }
 
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The address `child` reported in its log file as `field=` (a gateway's
 /// `listen`, the admin port's `admin`), waiting up to `within` for the line.
 /// A binary given port 0 binds a free port itself and reports it: no port is

@@ -3,9 +3,11 @@
 //! variable, the record headers, the Redis keys and scripts, the problem types,
 //! and the links between the pages; ARCHITECTURE.md against the files and
 //! functions it names ([`architecture`]); docs/guarantees.md against the tests
-//! it names ([`guarantees`]). No broker, no Redis.
+//! it names ([`guarantees`]); the figures the pages quote against the committed
+//! run outputs they come from ([`figures`]). No broker, no Redis.
 
 mod architecture;
+mod figures;
 mod guarantees;
 
 use std::collections::{BTreeMap, BTreeSet};
