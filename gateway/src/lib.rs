@@ -25,6 +25,7 @@ pub mod ratelimit;
 pub mod reply;
 pub mod responders;
 pub mod routes;
+pub mod schema;
 pub mod server;
 pub mod serving;
 pub mod state;

@@ -68,6 +68,12 @@ pub enum GatewayError {
     /// Over the route's rate limit.
     #[error("rate limit exceeded; retry in {} s", .0.retry_after_secs())]
     RateLimited(crate::ratelimit::RateInfo),
+    /// The route has a schema and the body is not declared JSON.
+    #[error("this route takes application/json bodies (or a +json type), not {0}")]
+    NotJson(String),
+    /// The body does not match the route's schema.
+    #[error("the request body does not match the route's schema ({} violation{})", .0.count, if .0.count == 1 { "" } else { "s" })]
+    InvalidBody(crate::schema::Refusal),
 }
 
 impl GatewayError {
@@ -91,6 +97,8 @@ impl GatewayError {
             Self::Forbidden(..) => ProblemKind::Forbidden,
             Self::NoResponders(_) => ProblemKind::NoResponders,
             Self::RateLimited(_) => ProblemKind::RateLimited,
+            Self::InvalidBody(_) => ProblemKind::InvalidBody,
+            Self::NotJson(_) => ProblemKind::UnsupportedMediaType,
         }
     }
 }
@@ -120,6 +128,10 @@ pub enum ProblemKind {
     BodyTooLarge,
     /// The `Idempotency-Key` was used with another request.
     IdempotencyKeyReused,
+    /// The route has a schema and the body is not declared JSON.
+    UnsupportedMediaType,
+    /// The body does not match the route's schema.
+    InvalidBody,
     /// Over the route's rate limit.
     RateLimited,
     /// Too many requests wait on this node.
@@ -149,7 +161,7 @@ pub enum CorrelationIdField {
 
 impl ProblemKind {
     /// Every kind, ordered by status.
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 19] = [
         Self::BadRequest,
         Self::BodyUnreadable,
         Self::Unauthenticated,
@@ -159,7 +171,9 @@ impl ProblemKind {
         Self::MethodNotAllowed,
         Self::BodyTimeout,
         Self::BodyTooLarge,
+        Self::UnsupportedMediaType,
         Self::IdempotencyKeyReused,
+        Self::InvalidBody,
         Self::RateLimited,
         Self::Overloaded,
         Self::StoreUnavailable,
@@ -185,6 +199,8 @@ impl ProblemKind {
             Self::BodyTimeout => "urn:replyway:problem:body-timeout",
             Self::BodyTooLarge => "urn:replyway:problem:body-too-large",
             Self::IdempotencyKeyReused => "urn:replyway:problem:idempotency-key-reused",
+            Self::InvalidBody => "urn:replyway:problem:invalid-body",
+            Self::UnsupportedMediaType => "urn:replyway:problem:unsupported-media-type",
             Self::RateLimited => "urn:replyway:problem:rate-limited",
             Self::Overloaded => "urn:replyway:problem:overloaded",
             Self::StoreUnavailable => "urn:replyway:problem:store-unavailable",
@@ -216,7 +232,8 @@ impl ProblemKind {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::IdempotencyKeyReused | Self::InvalidBody => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::Overloaded
             | Self::StoreUnavailable
@@ -257,6 +274,12 @@ impl ProblemKind {
             Self::IdempotencyKeyReused => {
                 "The `Idempotency-Key` was used on this route with another request."
             }
+            Self::UnsupportedMediaType => {
+                "The route has a `schema` and the `Content-Type` is not `application/json` or a `+json` type; nothing produced."
+            }
+            Self::InvalidBody => {
+                "The body does not match the route's `schema`; `violations` lists each (JSON Pointer, keyword, message; at most 20, `violation_count` says how many); nothing produced."
+            }
             Self::RateLimited => {
                 "Over the route's rate limit; `Retry-After` says when to try again; nothing produced."
             }
@@ -296,6 +319,10 @@ struct Body<'a> {
     detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     correlation_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    violations: Option<&'a [crate::schema::Violation]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    violation_count: Option<usize>,
 }
 
 impl IntoResponse for GatewayError {
@@ -329,6 +356,14 @@ impl IntoResponse for GatewayError {
             status: status.as_u16(),
             detail,
             correlation_id,
+            violations: match &self {
+                Self::InvalidBody(refusal) => Some(&refusal.violations),
+                _ => None,
+            },
+            violation_count: match &self {
+                Self::InvalidBody(refusal) => Some(refusal.count),
+                _ => None,
+            },
         };
         let mut response = (status, serde_json::to_vec(&body).unwrap_or_default()).into_response();
         let headers = response.headers_mut();
@@ -412,7 +447,9 @@ mod tests {
             | GatewayError::NoResponders(_)
             | GatewayError::Unauthenticated(..)
             | GatewayError::Forbidden(..)
-            | GatewayError::RateLimited(_) => {}
+            | GatewayError::RateLimited(_)
+            | GatewayError::InvalidBody(_)
+            | GatewayError::NotJson(_) => {}
         }
     }
 
@@ -455,6 +492,15 @@ mod tests {
                     window: Duration::from_secs(1),
                 },
             }),
+            GatewayError::NotJson("text/plain".into()),
+            GatewayError::InvalidBody(crate::schema::Refusal {
+                violations: vec![crate::schema::Violation {
+                    pointer: "/amount".into(),
+                    keyword: "type".into(),
+                    message: "\"5\" is not of type \"integer\"".into(),
+                }],
+                count: 1,
+            }),
         ]
     }
 
@@ -476,7 +522,16 @@ mod tests {
             let body: Value = serde_json::from_slice(&bytes).unwrap();
             for key in body.as_object().unwrap().keys() {
                 assert!(
-                    ["type", "title", "status", "detail", "correlation_id"].contains(&key.as_str()),
+                    [
+                        "type",
+                        "title",
+                        "status",
+                        "detail",
+                        "correlation_id",
+                        "violations",
+                        "violation_count"
+                    ]
+                    .contains(&key.as_str()),
                     "{key}"
                 );
             }
@@ -533,7 +588,11 @@ mod tests {
             challenge.headers()["www-authenticate"],
             "Bearer realm=\"replyway\""
         );
-        let limited = one_of_each().pop().unwrap().into_response();
+        let limited = one_of_each()
+            .into_iter()
+            .find(|e| matches!(e, GatewayError::RateLimited(_)))
+            .unwrap()
+            .into_response();
         assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(limited.headers()["retry-after"], "1");
     }

@@ -67,6 +67,10 @@ pub struct RouteConfig {
     /// once instead of waiting out `timeout`. Unset: not checked.
     #[serde(default)]
     pub responder_group: Option<String>,
+    /// A JSON Schema (draft 2020-12) file that request bodies must match;
+    /// a mismatch is answered `422` `invalid-body`. Unset: not checked.
+    #[serde(default)]
+    pub schema: Option<std::path::PathBuf>,
 }
 
 impl Default for RouteConfig {
@@ -87,6 +91,7 @@ impl Default for RouteConfig {
             scopes: Vec::new(),
             rate_limit: None,
             responder_group: None,
+            schema: None,
         }
     }
 }
@@ -141,6 +146,8 @@ pub struct Route {
     pub rate_limit: Option<replyway_shared::store::RateLimit>,
     /// Consumer group whose members serve the topic, when checked.
     pub responder_group: Option<String>,
+    /// The schema bodies must match, compiled.
+    pub schema: Option<crate::schema::RouteSchema>,
     pattern: Vec<Segment>,
     key: Vec<KeyPart>,
 }
@@ -190,6 +197,14 @@ impl Route {
             .as_ref()
             .map(|r| r.parse(&at("rate_limit")))
             .transpose()?;
+        let schema = c
+            .schema
+            .as_deref()
+            .map(crate::schema::RouteSchema::load)
+            .transpose()
+            .map_err(|e| {
+                InvalidSetting::new(at("schema"), format!("route {} {}: {e}", c.method, c.path))
+            })?;
         Ok(Self {
             name: c
                 .name
@@ -206,6 +221,7 @@ impl Route {
             scopes: c.scopes.clone(),
             responder_group,
             rate_limit,
+            schema,
             pattern,
             key,
         })

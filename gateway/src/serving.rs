@@ -214,6 +214,9 @@ async fn prepare(
         state.settings.body_read_timeout,
     )
     .await?;
+    if let Some(schema) = &route.schema {
+        check_schema(schema, headers, &body)?;
+    }
 
     let mut id = state
         .signer
@@ -462,6 +465,36 @@ fn forwarded_headers(
         }
     }
     Ok(forwarded)
+}
+
+/// The body against the route's schema: declared JSON (`application/json` or
+/// a `+json` type), and matching.
+fn check_schema(
+    schema: &crate::schema::RouteSchema,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), GatewayError> {
+    let declared = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = declared
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence != "application/json"
+        && !(essence.starts_with("application/") && essence.ends_with("+json"))
+    {
+        let shown = if declared.is_empty() {
+            "no Content-Type"
+        } else {
+            declared
+        };
+        return Err(GatewayError::NotJson(shown.to_owned()));
+    }
+    schema.check(body).map_err(GatewayError::InvalidBody)
 }
 
 /// Reads the body within the route's limit and `body_read_timeout`.

@@ -245,3 +245,103 @@ async fn a_requests_futures_stay_small() {
 const ANSWER_BOUND: usize = 1280;
 /// Most bytes a request's submission may take.
 const SUBMISSION_BOUND: usize = 2560;
+
+/// A route with a schema checks the body after reading it and before Redis
+/// (unreachable here): a matching body reaches Redis (`503`), a mismatch is
+/// `422` with every violation, a body not declared JSON `415`.
+#[tokio::test]
+async fn a_schema_is_checked_before_anything_is_written() {
+    let app = common::app(RouteConfig {
+        path: "/ledger/transfers".into(),
+        topic: "ledger".into(),
+        schema: Some(
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../config/schemas/ledger-transfer.json"
+            )
+            .into(),
+        ),
+        ..RouteConfig::default()
+    });
+    let send = |content_type: &'static str, body: &'static str| {
+        let app = app.clone();
+        async move {
+            let response = app
+                .oneshot(
+                    Request::post("/ledger/transfers")
+                        .header("content-type", content_type)
+                        .body(Body::from(body))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let status = response.status();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(),
+            )
+        }
+    };
+
+    let (status, body) = send("application/json", r#"{"from":"a","to":"b","amount":5}"#).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+
+    let (status, body) = send("application/json", r#"{"from":"","amount":"5","extra":1}"#).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["type"], "urn:replyway:problem:invalid-body");
+    let found: Vec<(String, String)> = body["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["pointer"].as_str().unwrap().to_owned(),
+                v["keyword"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for (pointer, keyword) in [
+        ("", "required"),
+        ("", "additionalProperties"),
+        ("/from", "pattern"),
+        ("/amount", "type"),
+    ] {
+        assert!(
+            found.contains(&(pointer.to_owned(), keyword.to_owned())),
+            "{pointer} {keyword} not in {found:?}"
+        );
+    }
+    assert_eq!(body["violation_count"], found.len());
+
+    let (status, body) = send("text/plain", r#"{"from":"a","to":"b","amount":5}"#).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
+    assert_eq!(body["type"], "urn:replyway:problem:unsupported-media-type");
+
+    let (status, _) = send("application/merge-patch+json", "not json").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+/// A schema that cannot be read or compiled stops the start, naming the route
+/// and the file.
+#[test]
+fn a_broken_schema_names_route_and_file() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), r#"{"type": "no-such-type"}"#).unwrap();
+    let settings = Settings {
+        routes: vec![RouteConfig {
+            path: "/x".into(),
+            schema: Some(file.path().into()),
+            ..RouteConfig::default()
+        }],
+        ..Settings::default()
+    };
+    let error = settings.route_table().unwrap_err();
+    assert_eq!(error.setting, "routes[0].schema");
+    let message = error.to_string();
+    assert!(message.contains("POST /x"), "{message}");
+    assert!(
+        message.contains(&file.path().display().to_string()),
+        "{message}"
+    );
+}

@@ -224,9 +224,33 @@ pub(super) fn operation(settings: &Settings, route: &Route, operation_id: &str) 
     securities(operation, settings, route).build()
 }
 
-/// The body: anything up to the route's body limit.
+/// The body: anything up to the route's body limit, or JSON matching the
+/// route's schema (the schema file itself, as OpenAPI 3.1 takes JSON Schema
+/// 2020-12).
 fn request_body(route: &Route) -> RequestBody {
     let limit = route.body_limit;
+    if let Some(schema) = &route.schema {
+        let document: utoipa::openapi::extensions::Extensions = schema
+            .document
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        return RequestBodyBuilder::new()
+            .required(Some(Required::True))
+            .description(Some(format!(
+                "JSON matching the route's schema ({}), at most {limit} bytes, sent as the command's value.",
+                schema.path.display()
+            )))
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(any().extensions(Some(document))))
+                    .build(),
+            )
+            .build();
+    }
     RequestBodyBuilder::new()
         .required(Some(Required::False))
         .description(Some(format!(
@@ -271,7 +295,7 @@ fn request_problems(
     route: &Route,
 ) -> OperationBuilder {
     let limit = route.body_limit;
-    operation
+    let operation = operation
         .response(
             "400",
             problem_response(
@@ -303,13 +327,32 @@ fn request_problems(
         )
         .response(
             "422",
-            problem_response(
-                "The `Idempotency-Key` was used on this route with another request (`idempotency-key-reused`).",
-                &[ProblemKind::IdempotencyKeyReused],
-                Vec::new(),
-            ),
+            if route.schema.is_some() {
+                problem_response(
+                    "The `Idempotency-Key` was used on this route with another request (`idempotency-key-reused`), or the body does not match the route's schema: `violations` lists each with its JSON Pointer, keyword and message, at most 20, and `violation_count` how many there were (`invalid-body`); nothing produced.",
+                    &[ProblemKind::IdempotencyKeyReused, ProblemKind::InvalidBody],
+                    Vec::new(),
+                )
+            } else {
+                problem_response(
+                    "The `Idempotency-Key` was used on this route with another request (`idempotency-key-reused`).",
+                    &[ProblemKind::IdempotencyKeyReused],
+                    Vec::new(),
+                )
+            },
         )
-        .response("431", component("responses", "HeadersTooLarge"))
+        .response("431", component("responses", "HeadersTooLarge"));
+    if route.schema.is_none() {
+        return operation;
+    }
+    operation.response(
+        "415",
+        problem_response(
+            "The `Content-Type` is not `application/json` or a `+json` type (`unsupported-media-type`); nothing produced.",
+            &[ProblemKind::UnsupportedMediaType],
+            Vec::new(),
+        ),
+    )
 }
 
 /// The answers when the gateway cannot serve a good request: `503` (overloaded,

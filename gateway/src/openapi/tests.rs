@@ -44,6 +44,16 @@ fn settings() -> Settings {
             route("POST", "/a-b"),
             route("POST", "/a_b"),
             admin,
+            RouteConfig {
+                schema: Some(
+                    concat!(
+                        env!("CARGO_MANIFEST_DIR"),
+                        "/../config/schemas/ledger-transfer.json"
+                    )
+                    .into(),
+                ),
+                ..route("POST", "/ledger/transfers")
+            },
         ],
         auth: AuthConfig {
             api_keys: vec![ApiKeyConfig {
@@ -154,7 +164,7 @@ fn routes_parameters_and_own_endpoints_appear() {
     let description = doc["info"]["description"].as_str().unwrap();
     assert!(description.contains("`CONNECT /tunnel` is served"));
     assert!(doc["paths"].get("/tunnel").is_none());
-    assert_eq!(doc["paths"].as_object().unwrap().len(), 8);
+    assert_eq!(doc["paths"].as_object().unwrap().len(), 9);
     assert!(post.get("security").is_none());
     assert!(post["responses"].get("401").is_none());
     assert!(post["responses"].get("429").is_none());
@@ -376,4 +386,20 @@ fn the_document_is_the_same_bytes_every_time() {
     for _ in 0..20 {
         assert_eq!(super::document(&routes, &settings), first);
     }
+}
+
+/// A route with a schema takes JSON matching it: the schema is the request
+/// body's, and `415` and `invalid-body` are among its answers.
+#[test]
+fn a_routes_schema_is_its_request_body() {
+    let doc = doc();
+    let post = &doc["paths"]["/ledger/transfers"]["post"];
+    let body = &post["requestBody"]["content"]["application/json"]["schema"];
+    assert_eq!(body["required"], json!(["from", "to", "amount"]));
+    assert_eq!(body["properties"]["amount"]["type"], "integer");
+    assert_eq!(post["requestBody"]["required"], true);
+    assert!(post["responses"]["415"].is_object());
+    let other = &doc["paths"]["/a-b"]["post"];
+    assert!(other["requestBody"]["content"]["*/*"].is_object());
+    assert!(other["responses"]["415"].is_null());
 }
