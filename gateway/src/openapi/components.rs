@@ -55,6 +55,24 @@ fn problem_schema() -> ObjectBuilder {
             )
         })
         .collect();
+    // `violations` and `violation_count` on `invalid-body`, and only there.
+    rules.push(rule(
+        type_is_one_of(&[ProblemKind::InvalidBody]),
+        any().required("violations").required("violation_count"),
+    ));
+    rules.push(rule(
+        any().property(
+            "type",
+            any().extensions(fields([(
+                "not",
+                json(any().enum_values(Some([ProblemKind::InvalidBody.uri()]))),
+            )])),
+        ),
+        any().extensions(fields([(
+            "not",
+            serde_json::json!({"anyOf": [{"required": ["violations"]}, {"required": ["violation_count"]}]}),
+        )])),
+    ));
     let with = |fields: &[CorrelationIdField]| -> Vec<ProblemKind> {
         ProblemKind::ALL
             .into_iter()
@@ -126,6 +144,37 @@ fn problem_schema() -> ObjectBuilder {
                 .description(Some(
                     "The request's correlation id, when it has one the client can use: after a reply timeout, for an unknown reply, when the broker did not acknowledge in time.",
                 )),
+        )
+        .property(
+            "violations",
+            any()
+                .description(Some(
+                    "With `invalid-body`: how the body does not match the route's schema, at most 20.",
+                ))
+                .extensions(fields([
+                    ("type", Value::from("array")),
+                    ("maxItems", Value::from(crate::schema::MAX_VIOLATIONS)),
+                    (
+                        "items",
+                        serde_json::json!({
+                            "type": "object",
+                            "required": ["pointer", "keyword", "message"],
+                            "additionalProperties": false,
+                            "properties": {
+                                "pointer": {"type": "string", "description": "JSON Pointer to the offending value (empty: the whole body)."},
+                                "keyword": {"type": "string", "description": "The schema keyword violated."},
+                                "message": {"type": "string"}
+                            }
+                        }),
+                    ),
+                ])),
+        )
+        .property(
+            "violation_count",
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(1))
+                .description(Some("With `invalid-body`: how many violations there were.")),
         )
         .extensions(fields([("allOf", Value::Array(rules))]))
 }

@@ -16,5 +16,6 @@ mod operations;
 mod python_service;
 mod request_reply;
 mod responders;
+mod schemas;
 mod sdk;
 mod security;
