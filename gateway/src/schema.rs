@@ -1,8 +1,10 @@
 //! Request schemas: a route may name a JSON Schema (draft 2020-12) that its
 //! bodies must match. The schema is read and compiled once, when the route
-//! table is built; a body is checked after it is read and before anything is
-//! written to Redis or produced, and a mismatch is answered `422` listing the
-//! violations (at most [`MAX_VIOLATIONS`]).
+//! table is built, with its `$ref`s: within the file, or to other files of
+//! the schema's directory (nothing outside it, nothing over the network); a
+//! body is checked after it is read and before anything is written to Redis
+//! or produced, and a mismatch is answered `422` listing the violations (at
+//! most [`MAX_VIOLATIONS`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -61,8 +63,16 @@ impl RouteSchema {
         let text = read_bounded(path)?;
         let document: Value = serde_json::from_str(&text)
             .map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+        let file = path
+            .canonicalize()
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let dir = file.parent().map(Path::to_owned).unwrap_or_default();
+        let base = url::Url::from_file_path(&file)
+            .map_err(|()| format!("{} has no file: URI", path.display()))?;
         let validator = jsonschema::options()
             .with_draft(jsonschema::Draft::Draft202012)
+            .with_base_uri(base.as_str())
+            .with_retriever(SchemaDir { dir })
             .build(&document)
             .map_err(|e| format!("{} is not a valid JSON Schema: {e}", path.display()))?;
         Ok(Self {
@@ -107,6 +117,31 @@ impl RouteSchema {
         } else {
             Err(Refusal { violations, count })
         }
+    }
+}
+
+/// Reads the files a schema's `$ref`s name, from its own directory only.
+struct SchemaDir {
+    dir: PathBuf,
+}
+
+impl jsonschema::Retrieve for SchemaDir {
+    fn retrieve(
+        &self,
+        uri: &jsonschema::Uri<String>,
+    ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+        let outside = || format!("{uri}: only files of the schema's directory are read");
+        let path = url::Url::parse(uri.as_str())
+            .ok()
+            .filter(|u| u.scheme() == "file")
+            .and_then(|u| u.to_file_path().ok())
+            .ok_or_else(outside)?;
+        let path = path.canonicalize().map_err(|e| format!("{uri}: {e}"))?;
+        if !path.starts_with(&self.dir) {
+            return Err(outside().into());
+        }
+        let text = read_bounded(&path)?;
+        Ok(serde_json::from_str(&text).map_err(|e| format!("{uri} is not JSON: {e}"))?)
     }
 }
 
@@ -205,6 +240,42 @@ mod tests {
         let refusal = s.check(b"from=alice").unwrap_err();
         assert_eq!(refusal.violations[0].keyword, "json");
         assert_eq!(refusal.count, 1);
+    }
+
+    #[test]
+    fn refs_reach_files_of_the_schemas_directory_and_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = dir.path().join("inner");
+        std::fs::create_dir(&inner).unwrap();
+        std::fs::write(
+            inner.join("account.json"),
+            r#"{"type": "string", "pattern": "^[a-z]+$"}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            inner.join("transfer.json"),
+            r#"{"type": "object", "properties": {"to": {"$ref": "account.json"}}}"#,
+        )
+        .unwrap();
+        let s = RouteSchema::load(&inner.join("transfer.json")).unwrap();
+        assert_eq!(s.check(br#"{"to":"bob"}"#), Ok(()));
+        let refusal = s.check(br#"{"to":"B1"}"#).unwrap_err();
+        assert_eq!(refusal.violations[0].pointer, "/to");
+        assert_eq!(refusal.violations[0].keyword, "pattern");
+
+        std::fs::write(dir.path().join("outside.json"), r#"{"type": "string"}"#).unwrap();
+        for reference in ["../outside.json", "https://example.com/s.json"] {
+            std::fs::write(
+                inner.join("escaping.json"),
+                format!(r#"{{"properties": {{"to": {{"$ref": "{reference}"}}}}}}"#),
+            )
+            .unwrap();
+            let error = RouteSchema::load(&inner.join("escaping.json")).unwrap_err();
+            assert!(
+                error.contains("only files of the schema's directory"),
+                "{reference}: {error}"
+            );
+        }
     }
 
     #[test]
