@@ -350,20 +350,18 @@ impl IntoResponse for GatewayError {
                 reply_location(id)
             );
         }
+        let (violations, violation_count) = match &self {
+            Self::InvalidBody(refusal) => (Some(&refusal.violations[..]), Some(refusal.count)),
+            _ => (None, None),
+        };
         let body = Body {
             kind: kind.uri(),
             title: kind.title(),
             status: status.as_u16(),
             detail,
             correlation_id,
-            violations: match &self {
-                Self::InvalidBody(refusal) => Some(&refusal.violations),
-                _ => None,
-            },
-            violation_count: match &self {
-                Self::InvalidBody(refusal) => Some(refusal.count),
-                _ => None,
-            },
+            violations,
+            violation_count,
         };
         let mut response = (status, serde_json::to_vec(&body).unwrap_or_default()).into_response();
         let headers = response.headers_mut();

@@ -215,7 +215,7 @@ async fn prepare(
     )
     .await?;
     if let Some(schema) = &route.schema {
-        check_schema(schema, headers, &body)?;
+        check_schema(schema, record.content_type.as_deref(), &body)?;
     }
 
     let mut id = state
@@ -468,25 +468,22 @@ fn forwarded_headers(
 }
 
 /// The body against the route's schema: declared JSON (`application/json` or
-/// a `+json` type), and matching.
+/// a `+json` type, by the `Content-Type` the record carries), and matching.
 fn check_schema(
     schema: &crate::schema::RouteSchema,
-    headers: &HeaderMap,
+    content_type: Option<&str>,
     body: &[u8],
 ) -> Result<(), GatewayError> {
-    let declared = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let essence = declared
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if essence != "application/json"
-        && !(essence.starts_with("application/") && essence.ends_with("+json"))
-    {
+    let declared = content_type.unwrap_or("");
+    let essence = declared.split(';').next().unwrap_or("").trim();
+    let is_json = essence.eq_ignore_ascii_case("application/json")
+        || essence
+            .get(..12)
+            .is_some_and(|t| t.eq_ignore_ascii_case("application/"))
+            && essence
+                .get(essence.len().saturating_sub(5)..)
+                .is_some_and(|t| t.eq_ignore_ascii_case("+json"));
+    if !is_json {
         let shown = if declared.is_empty() {
             "no Content-Type"
         } else {

@@ -318,6 +318,13 @@ async fn a_schema_is_checked_before_anything_is_written() {
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
     assert_eq!(body["type"], "urn:replyway:problem:unsupported-media-type");
 
+    let (status, body) = send(
+        "Application/JSON; charset=utf-8",
+        r#"{"from":"a","to":"b","amount":5}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+
     let (status, _) = send("application/merge-patch+json", "not json").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
 }

@@ -28,6 +28,17 @@ fn type_is_one_of(kinds: &[ProblemKind]) -> ObjectBuilder {
     )
 }
 
+/// The problem's `type` is none of `kinds`.
+fn type_is_none_of(kinds: &[ProblemKind]) -> ObjectBuilder {
+    any().property(
+        "type",
+        any().extensions(fields([(
+            "not",
+            json(any().enum_values(Some(kinds.iter().map(|k| k.uri())))),
+        )])),
+    )
+}
+
 /// `if` `condition` holds, `then` `consequence` must.
 fn rule(condition: ObjectBuilder, consequence: ObjectBuilder) -> Value {
     json(any().extensions(fields([
@@ -61,13 +72,7 @@ fn problem_schema() -> ObjectBuilder {
         any().required("violations").required("violation_count"),
     ));
     rules.push(rule(
-        any().property(
-            "type",
-            any().extensions(fields([(
-                "not",
-                json(any().enum_values(Some([ProblemKind::InvalidBody.uri()]))),
-            )])),
-        ),
+        type_is_none_of(&[ProblemKind::InvalidBody]),
         any().extensions(fields([(
             "not",
             serde_json::json!({"anyOf": [{"required": ["violations"]}, {"required": ["violation_count"]}]}),
@@ -85,13 +90,7 @@ fn problem_schema() -> ObjectBuilder {
     ));
     let may_have_id = with(&[CorrelationIdField::Always, CorrelationIdField::Sometimes]);
     rules.push(rule(
-        any().property(
-            "type",
-            any().extensions(fields([(
-                "not",
-                json(any().enum_values(Some(may_have_id.iter().map(|k| k.uri())))),
-            )])),
-        ),
+        type_is_none_of(&may_have_id),
         any().extensions(fields([("not", json(any().required("correlation_id")))])),
     ));
     let kinds: Vec<String> = ProblemKind::ALL

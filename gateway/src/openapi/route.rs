@@ -327,19 +327,22 @@ fn request_problems(
         )
         .response(
             "422",
-            if route.schema.is_some() {
-                problem_response(
-                    "The `Idempotency-Key` was used on this route with another request (`idempotency-key-reused`), or the body does not match the route's schema: `violations` lists each with its JSON Pointer, keyword and message, at most 20, and `violation_count` how many there were (`invalid-body`); nothing produced.",
-                    &[ProblemKind::IdempotencyKeyReused, ProblemKind::InvalidBody],
-                    Vec::new(),
-                )
-            } else {
-                problem_response(
-                    "The `Idempotency-Key` was used on this route with another request (`idempotency-key-reused`).",
-                    &[ProblemKind::IdempotencyKeyReused],
-                    Vec::new(),
-                )
-            },
+            problem_response(
+                &format!(
+                    "The `Idempotency-Key` was used on this route with another request (`idempotency-key-reused`){}.",
+                    if route.schema.is_some() {
+                        ", or the body does not match the route's schema: `violations` lists each with its JSON Pointer, keyword and message, at most 20, and `violation_count` how many there were (`invalid-body`); nothing produced"
+                    } else {
+                        ""
+                    }
+                ),
+                if route.schema.is_some() {
+                    &[ProblemKind::IdempotencyKeyReused, ProblemKind::InvalidBody]
+                } else {
+                    &[ProblemKind::IdempotencyKeyReused]
+                },
+                Vec::new(),
+            ),
         )
         .response("431", component("responses", "HeadersTooLarge"));
     if route.schema.is_none() {
