@@ -37,13 +37,16 @@ pub fn router(state: AppState) -> Router {
     for (path, methods) in paths {
         api = api.route(&path, methods);
     }
-    api.route("/v1/replies/{id}", get(crate::pickup::get_reply))
-        .route("/healthz", get(crate::health::healthz))
-        .route("/readyz", get(crate::health::readyz))
-        .route("/openapi.json", get(openapi))
-        .fallback(no_route)
-        .layer(crate::observe::ObserveLayer::new(state.clone()))
-        .with_state(state)
+    api.route(
+        "/v1/replies/{id}",
+        get(crate::pickup::get_reply).delete(crate::cancel::delete_reply),
+    )
+    .route("/healthz", get(crate::health::healthz))
+    .route("/readyz", get(crate::health::readyz))
+    .route("/openapi.json", get(openapi))
+    .fallback(no_route)
+    .layer(crate::observe::ObserveLayer::new(state.clone()))
+    .with_state(state)
 }
 
 /// The admin port: `/healthz`, `/readyz` and `/metrics`.

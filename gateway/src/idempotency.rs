@@ -20,7 +20,7 @@ use replyway_shared::waiters::Ticket;
 use crate::digest::digest;
 use crate::prefer::Prefer;
 use crate::problem::GatewayError;
-use crate::reply::{pending_response, reply_response};
+use crate::reply::{pending_response, route_reply};
 use crate::routes::Route;
 use crate::state::AppState;
 
@@ -229,11 +229,11 @@ async fn follow(
         respond_async,
         wait,
     } = following;
-    let allowed = route.reply_headers.as_ref();
+    let answer = |reply: &replyway_shared::Reply| route_reply(state, &id, reply, Some(route));
     let store = state.node.store();
     if respond_async {
         return match store.lookup(&id, None).await.map_err(GatewayError::Redis)? {
-            Lookup::Reply(reply, _) => Ok(reply_response(&id, &reply, allowed)),
+            Lookup::Reply(reply, _) => answer(&reply),
             _ => Ok(pending_response(&id)),
         };
     }
@@ -249,14 +249,14 @@ async fn follow(
         .await
         .map_err(GatewayError::Redis)?;
     if let Some((_, reply)) = found.into_iter().next() {
-        return Ok(reply_response(&id, &reply, allowed));
+        return answer(&reply);
     }
     let started = Instant::now();
     let reply = state
         .within_grace(async { tokio::time::timeout(wait, waiter.reply()).await.ok() })
         .await;
     match reply {
-        Some(reply) => Ok(reply_response(&id, &reply, allowed)),
+        Some(reply) => answer(&reply),
         // How long it waited: the whole wait, or until the grace ran out.
         None => Err(GatewayError::Timeout(
             wait.min(started.elapsed()).as_millis(),

@@ -11,10 +11,12 @@
 
 pub mod app;
 pub mod auth;
+pub mod cancel;
 pub mod config;
 pub mod digest;
 pub mod health;
 pub mod idempotency;
+pub mod lanes;
 pub mod metrics;
 pub mod observe;
 pub mod openapi;

@@ -32,6 +32,24 @@ pub struct RouteLabel {
     pub route: String,
 }
 
+/// Labels of a cancellation count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CancelLabel {
+    /// Route name.
+    pub route: String,
+    /// `disconnect` (the client went away) or `delete` (`DELETE /v1/replies/{id}`).
+    pub reason: &'static str,
+}
+
+/// Labels of a lane count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LaneLabel {
+    /// Route name.
+    pub route: String,
+    /// Lane name.
+    pub lane: String,
+}
+
 type HistogramFamily = Family<RouteLabel, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -48,6 +66,12 @@ pub struct Metrics {
     pub latency: HistogramFamily,
     /// Synchronous requests answered `504` (no reply in time), by route.
     pub timeouts: Family<RouteLabel, Counter>,
+    /// Commands cancelled (cancel record produced), by route and reason.
+    pub cancellations: Family<CancelLabel, Counter>,
+    /// Replies that did not match the route's `reply_schema`, by route.
+    pub invalid_replies: Family<RouteLabel, Counter>,
+    /// Commands produced per lane, by route and lane.
+    pub lane_commands: Family<LaneLabel, Counter>,
     /// Failed Redis operations.
     pub redis_errors: Counter,
     /// Commands Kafka did not take or acknowledge.
@@ -124,6 +148,9 @@ impl Metrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             timeouts: Family::default(),
+            cancellations: Family::default(),
+            invalid_replies: Family::default(),
+            lane_commands: Family::default(),
             redis_errors: Counter::default(),
             kafka_errors: Counter::default(),
         };
@@ -141,6 +168,21 @@ impl Metrics {
             "timeouts",
             "Synchronous requests answered 504 because no reply came in time, by route.",
             metrics.timeouts.clone(),
+        );
+        registry.register(
+            "cancellations",
+            "Commands cancelled (their cancel record produced), by route and reason: disconnect (the client went away before the reply) or delete (DELETE /v1/replies/{id}).",
+            metrics.cancellations.clone(),
+        );
+        registry.register(
+            "invalid_replies",
+            "2xx replies that did not match the route's reply_schema (answered 502 invalid-reply), by route.",
+            metrics.invalid_replies.clone(),
+        );
+        registry.register(
+            "lane_commands",
+            "Commands produced to each lane of routes with lanes, by route and lane.",
+            metrics.lane_commands.clone(),
         );
         registry.register(
             "redis_errors",

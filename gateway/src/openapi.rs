@@ -50,10 +50,11 @@ pub fn document(routes: &RouteTable, settings: &Settings) -> Bytes {
 /// The document, typed.
 pub fn openapi(routes: &RouteTable, settings: &Settings) -> OpenApi {
     let mut paths = PathsBuilder::new()
-        .path(
-            "/v1/replies/{id}",
-            PathItem::new(HttpMethod::Get, own::get_reply(settings)),
-        )
+        .path("/v1/replies/{id}", {
+            let mut item = PathItem::new(HttpMethod::Get, own::get_reply(settings));
+            item.delete = Some(own::delete_reply(settings));
+            item
+        })
         .path("/healthz", PathItem::new(HttpMethod::Get, own::healthz()))
         .path("/readyz", PathItem::new(HttpMethod::Get, own::readyz()))
         .path(

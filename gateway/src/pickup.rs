@@ -1,6 +1,7 @@
 //! `GET /v1/replies/{id}`: the reply of an earlier request (after a `202` or a
-//! `504`), from any replica; `202` while pending, `404` when unknown;
-//! `Prefer: wait=N` long-polls (at most `max_poll_wait`).
+//! `504`), from any replica; `202` while pending (`"status": "cancelled"`
+//! once cancelled), `404` when unknown; `Prefer: wait=N` long-polls (at most
+//! `max_poll_wait`).
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -14,7 +15,7 @@ use crate::auth::RouteAuth;
 use crate::observe::Label;
 use crate::prefer::Prefer;
 use crate::problem::GatewayError;
-use crate::reply::{pending_response, reply_response};
+use crate::reply::{cancelled_response, pending_response, route_reply};
 use crate::state::AppState;
 
 /// Route label of `GET /v1/replies/{id}` in logs and metrics.
@@ -81,34 +82,27 @@ async fn lookup(
         .lookup(&id, waiter.as_ref().map(|_| state.node.id()))
         .await
         .map_err(GatewayError::Redis)?;
-    // A reply goes only to whoever made the request; to anyone else the id is
-    // unknown (404, not 403, so that ids cannot be probed). Without the
-    // pending record the owner is unknown: served only where no route
-    // authenticates.
-    let owned = |pending: Option<&PendingInfo>| match pending {
-        Some(p) => p.principal.is_none() || p.principal == caller,
-        None => !state
-            .routes
-            .routes()
-            .iter()
-            .any(|r| r.auth != RouteAuth::None),
-    };
+    let caller = caller.as_deref();
     let lookup = match lookup {
-        Lookup::Reply(_, ref pending) if !owned(pending.as_ref()) => Lookup::Unknown,
-        Lookup::Pending(ref pending) if !owned(Some(pending)) => Lookup::Unknown,
+        Lookup::Reply(_, ref pending) if !owns(state, pending.as_ref(), caller) => Lookup::Unknown,
+        Lookup::Pending(ref pending) if !owns(state, Some(pending), caller) => Lookup::Unknown,
         other => other,
     };
-    let allowed = |route: Option<&str>| {
-        route
-            .and_then(|name| state.routes.named(name))
-            .and_then(|r| r.reply_headers.as_ref())
+    let route = |name: Option<&str>| name.and_then(|name| state.routes.named(name));
+    let waiting = |pending: &PendingInfo| {
+        if pending.cancelled {
+            cancelled_response(&id)
+        } else {
+            pending_response(&id)
+        }
     };
     match lookup {
-        Lookup::Reply(reply, pending) => Ok(reply_response(
+        Lookup::Reply(reply, pending) => route_reply(
+            state,
             &id,
             &reply,
-            allowed(pending.as_ref().map(|p| p.route.as_str())),
-        )),
+            route(pending.as_ref().map(|p| p.route.as_str())),
+        ),
         Lookup::Unknown => Err(GatewayError::UnknownReply(id)),
         Lookup::Pending(pending) => match (waiter.as_mut(), wait) {
             (Some(waiter), Some(wait)) => {
@@ -116,11 +110,26 @@ async fn lookup(
                     .within_grace(async { tokio::time::timeout(wait, waiter.reply()).await.ok() })
                     .await;
                 match reply {
-                    Some(reply) => Ok(reply_response(&id, &reply, allowed(Some(&pending.route)))),
-                    None => Ok(pending_response(&id)),
+                    Some(reply) => route_reply(state, &id, &reply, route(Some(&pending.route))),
+                    None => Ok(waiting(&pending)),
                 }
             }
-            _ => Ok(pending_response(&id)),
+            _ => Ok(waiting(&pending)),
         },
+    }
+}
+
+/// Whether `caller` may see (or cancel) the request of `pending`: a request
+/// belongs to whoever made it; to anyone else its id is unknown (`404`, not
+/// `403`, so that ids cannot be probed). Without the pending record the
+/// owner is unknown: served only where no route authenticates.
+pub fn owns(state: &AppState, pending: Option<&PendingInfo>, caller: Option<&str>) -> bool {
+    match pending {
+        Some(p) => p.principal.is_none() || p.principal.as_deref() == caller,
+        None => !state
+            .routes
+            .routes()
+            .iter()
+            .any(|r| r.auth != RouteAuth::None),
     }
 }

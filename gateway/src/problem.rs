@@ -74,6 +74,12 @@ pub enum GatewayError {
     /// The body does not match the route's schema.
     #[error("the request body does not match the route's schema ({} violation{})", .0.count, if .0.count == 1 { "" } else { "s" })]
     InvalidBody(crate::schema::Refusal),
+    /// The reply does not match the route's `reply_schema`.
+    #[error("the service's reply does not match the route's reply schema ({} violation{})", .1.count, if .1.count == 1 { "" } else { "s" })]
+    InvalidReply(String, crate::schema::Refusal),
+    /// `DELETE` of a request whose reply is stored already.
+    #[error("the request is answered already: its reply can be fetched at {}", reply_location(.0))]
+    AlreadyAnswered(String),
 }
 
 impl GatewayError {
@@ -99,6 +105,8 @@ impl GatewayError {
             Self::RateLimited(_) => ProblemKind::RateLimited,
             Self::InvalidBody(_) => ProblemKind::InvalidBody,
             Self::NotJson(_) => ProblemKind::UnsupportedMediaType,
+            Self::InvalidReply(..) => ProblemKind::InvalidReply,
+            Self::AlreadyAnswered(_) => ProblemKind::AlreadyAnswered,
         }
     }
 }
@@ -126,6 +134,8 @@ pub enum ProblemKind {
     BodyTimeout,
     /// The body is over the route's `body_limit`.
     BodyTooLarge,
+    /// `DELETE` of a request whose reply is stored.
+    AlreadyAnswered,
     /// The `Idempotency-Key` was used with another request.
     IdempotencyKeyReused,
     /// The route has a schema and the body is not declared JSON.
@@ -144,6 +154,8 @@ pub enum ProblemKind {
     ShuttingDown,
     /// The route's responder group has no active member.
     NoResponders,
+    /// The reply does not match the route's `reply_schema`.
+    InvalidReply,
     /// No reply within the wait.
     ReplyTimeout,
 }
@@ -161,7 +173,7 @@ pub enum CorrelationIdField {
 
 impl ProblemKind {
     /// Every kind, ordered by status.
-    pub const ALL: [Self; 19] = [
+    pub const ALL: [Self; 21] = [
         Self::BadRequest,
         Self::BodyUnreadable,
         Self::Unauthenticated,
@@ -170,11 +182,13 @@ impl ProblemKind {
         Self::UnknownReply,
         Self::MethodNotAllowed,
         Self::BodyTimeout,
+        Self::AlreadyAnswered,
         Self::BodyTooLarge,
         Self::UnsupportedMediaType,
         Self::IdempotencyKeyReused,
         Self::InvalidBody,
         Self::RateLimited,
+        Self::InvalidReply,
         Self::Overloaded,
         Self::StoreUnavailable,
         Self::BrokerUnavailable,
@@ -208,6 +222,8 @@ impl ProblemKind {
             Self::ShuttingDown => "urn:replyway:problem:shutting-down",
             Self::NoResponders => "urn:replyway:problem:no-responders",
             Self::ReplyTimeout => "urn:replyway:problem:reply-timeout",
+            Self::InvalidReply => "urn:replyway:problem:invalid-reply",
+            Self::AlreadyAnswered => "urn:replyway:problem:already-answered",
         }
     }
 
@@ -230,6 +246,8 @@ impl ProblemKind {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NoRoute | Self::UnknownReply => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::AlreadyAnswered => StatusCode::CONFLICT,
+            Self::InvalidReply => StatusCode::BAD_GATEWAY,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -295,13 +313,22 @@ impl ProblemKind {
             Self::ReplyTimeout => {
                 "No reply within the wait; the reply is still collected and can be fetched at `Location`."
             }
+            Self::InvalidReply => {
+                "The service's 2xx reply does not match the route's `reply_schema` (the service broke its contract); `violations` lists each, as for `invalid-body`."
+            }
+            Self::AlreadyAnswered => {
+                "`DELETE /v1/replies/{id}` of a request whose reply is stored: nothing cancelled; `GET` fetches it."
+            }
         }
     }
 
     /// Whether its body names the request's correlation id.
     pub const fn correlation_id(self) -> CorrelationIdField {
         match self {
-            Self::ReplyTimeout | Self::UnknownReply => CorrelationIdField::Always,
+            Self::ReplyTimeout
+            | Self::UnknownReply
+            | Self::InvalidReply
+            | Self::AlreadyAnswered => CorrelationIdField::Always,
             // The broker did not acknowledge in time: the command may still be
             // delivered, and its reply stored under this id.
             Self::BrokerUnavailable => CorrelationIdField::Sometimes,
@@ -338,9 +365,11 @@ impl IntoResponse for GatewayError {
             _ => {}
         }
         let correlation_id = match &self {
-            Self::Timeout(_, id) | Self::UnknownReply(id) | Self::KafkaTimeout(_, id) => {
-                Some(id.as_str())
-            }
+            Self::Timeout(_, id)
+            | Self::UnknownReply(id)
+            | Self::KafkaTimeout(_, id)
+            | Self::InvalidReply(id, _)
+            | Self::AlreadyAnswered(id) => Some(id.as_str()),
             _ => None,
         };
         let mut detail = self.to_string();
@@ -351,7 +380,9 @@ impl IntoResponse for GatewayError {
             );
         }
         let (violations, violation_count) = match &self {
-            Self::InvalidBody(refusal) => (Some(&refusal.violations[..]), Some(refusal.count)),
+            Self::InvalidBody(refusal) | Self::InvalidReply(_, refusal) => {
+                (Some(&refusal.violations[..]), Some(refusal.count))
+            }
             _ => (None, None),
         };
         let body = Body {
@@ -447,6 +478,8 @@ mod tests {
             | GatewayError::Forbidden(..)
             | GatewayError::RateLimited(_)
             | GatewayError::InvalidBody(_)
+            | GatewayError::InvalidReply(..)
+            | GatewayError::AlreadyAnswered(_)
             | GatewayError::NotJson(_) => {}
         }
     }
@@ -499,6 +532,18 @@ mod tests {
                 }],
                 count: 1,
             }),
+            GatewayError::InvalidReply(
+                "c-1".into(),
+                crate::schema::Refusal {
+                    violations: vec![crate::schema::Violation {
+                        pointer: "".into(),
+                        keyword: "required".into(),
+                        message: "\"id\" is a required property".into(),
+                    }],
+                    count: 1,
+                },
+            ),
+            GatewayError::AlreadyAnswered("c-1".into()),
         ]
     }
 

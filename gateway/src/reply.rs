@@ -1,5 +1,6 @@
 //! The HTTP answer for a reply (status, body and the reply headers a route lets
-//! through), and `202 Accepted` while a reply is pending.
+//! through; checked against the route's reply schema), and `202 Accepted`
+//! while a reply is pending or after its request was cancelled.
 
 use std::collections::HashSet;
 
@@ -11,6 +12,10 @@ use axum::response::{IntoResponse, Response};
 use replyway_shared::Reply;
 
 use crate::CORRELATION_ID;
+use crate::metrics::RouteLabel;
+use crate::problem::GatewayError;
+use crate::routes::Route;
+use crate::state::AppState;
 
 /// Location of a reply.
 pub fn reply_location(id: &str) -> String {
@@ -64,11 +69,54 @@ pub fn reply_response(id: &str, reply: &Reply, allowed: Option<&HashSet<HeaderNa
     response
 }
 
+/// The HTTP answer for a reply to a request of `route`: a 2xx reply is
+/// checked against the route's `reply_schema` first (a mismatch is `502`
+/// `invalid-reply`, counted by route).
+///
+/// # Errors
+/// [`GatewayError::InvalidReply`].
+pub fn route_reply(
+    state: &AppState,
+    id: &str,
+    reply: &Reply,
+    route: Option<&Route>,
+) -> Result<Response, GatewayError> {
+    if let Some(route) = route
+        && let Some(schema) = &route.reply_schema
+        && (200..300).contains(&reply.status)
+        && let Err(refusal) = schema.check(&reply.body)
+    {
+        state
+            .metrics
+            .invalid_replies
+            .get_or_create(&RouteLabel {
+                route: route.name.clone(),
+            })
+            .inc();
+        tracing::warn!(correlation_id = %id, route = %route.name, violations = refusal.count, "a reply does not match the route's reply schema");
+        return Err(GatewayError::InvalidReply(id.to_owned(), refusal));
+    }
+    Ok(reply_response(
+        id,
+        reply,
+        route.and_then(|r| r.reply_headers.as_ref()),
+    ))
+}
+
 /// `202 Accepted` for a request whose reply is not there yet.
 pub fn pending_response(id: &str) -> Response {
+    accepted(id, "pending")
+}
+
+/// `202 Accepted` for a cancelled request without a reply (the service may
+/// still send one; it is then served as usual).
+pub fn cancelled_response(id: &str) -> Response {
+    accepted(id, "cancelled")
+}
+
+fn accepted(id: &str, status: &'static str) -> Response {
     let location = reply_location(id);
-    let body =
-        serde_json::json!({ "correlation_id": id, "status": "pending", "location": location });
+    let body = serde_json::json!({ "correlation_id": id, "status": status, "location": location });
     let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
     let headers = response.headers_mut();
     if let (Ok(loc), Ok(cid)) = (HeaderValue::from_str(&location), HeaderValue::from_str(id)) {

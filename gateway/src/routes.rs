@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use replyway_shared::settings::{InvalidSetting, is_valid_topic};
 
 use crate::auth::RouteAuth;
+use crate::lanes::{LaneRuleConfig, Lanes};
 use crate::ratelimit::RateLimitConfig;
 
 /// One route as written in the configuration file.
@@ -29,8 +30,23 @@ pub struct RouteConfig {
     pub method: String,
     /// Path pattern, e.g. `/orders/{id}`.
     pub path: String,
-    /// Kafka topic the command is produced to.
+    /// Kafka topic the command is produced to (unset with `lanes`).
+    #[serde(default)]
     pub topic: String,
+    /// Priority lanes: a request topic per lane name, instead of `topic`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lanes: BTreeMap<String, String>,
+    /// The lane of a request no rule matches (required with `lanes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_lane: Option<String>,
+    /// Rules that pick a request's lane; the first that matches wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lane_rules: Vec<LaneRuleConfig>,
+    /// What a client that goes away before its reply means: `cancel`
+    /// (default: the command is cancelled) or `keep` (it is served, and its
+    /// reply stored for a later pick-up).
+    #[serde(default)]
+    pub on_disconnect: OnDisconnect,
     /// Record key template (default `{correlation_id}`).
     #[serde(default = "default_key")]
     pub key: String,
@@ -71,6 +87,21 @@ pub struct RouteConfig {
     /// a mismatch is answered `422` `invalid-body`. Unset: not checked.
     #[serde(default)]
     pub schema: Option<std::path::PathBuf>,
+    /// Also check replies against the schema a service declares in
+    /// `reply_schema`: a mismatch is answered `502` `invalid-reply`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_schema: Option<std::path::PathBuf>,
+}
+
+/// What a client's disconnect before its reply does to its command.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDisconnect {
+    /// The command is cancelled (see `Node::cancel`).
+    #[default]
+    Cancel,
+    /// The command is served; its reply is stored for a pick-up.
+    Keep,
 }
 
 impl Default for RouteConfig {
@@ -81,6 +112,10 @@ impl Default for RouteConfig {
             method: "POST".into(),
             path: "/".into(),
             topic: "requests".into(),
+            lanes: BTreeMap::new(),
+            default_lane: None,
+            lane_rules: Vec::new(),
+            on_disconnect: OnDisconnect::Cancel,
             key: default_key(),
             timeout: default_timeout(),
             body_limit: default_body_limit(),
@@ -92,6 +127,7 @@ impl Default for RouteConfig {
             rate_limit: None,
             responder_group: None,
             schema: None,
+            reply_schema: None,
         }
     }
 }
@@ -126,8 +162,12 @@ pub struct Route {
     pub name: String,
     /// HTTP method.
     pub method: Method,
-    /// Kafka request topic.
+    /// Kafka request topic (with lanes: the default lane's).
     pub topic: String,
+    /// The priority lanes, when the route has them.
+    pub lanes: Option<Lanes>,
+    /// Whether a client's disconnect cancels its command.
+    pub on_disconnect: OnDisconnect,
     /// Synchronous wait bound.
     pub timeout: Duration,
     /// Body bound in bytes.
@@ -148,6 +188,8 @@ pub struct Route {
     pub responder_group: Option<String>,
     /// The schema bodies must match, compiled.
     pub schema: Option<crate::schema::RouteSchema>,
+    /// The schema replies must match, compiled.
+    pub reply_schema: Option<crate::schema::RouteSchema>,
     pattern: Vec<Segment>,
     key: Vec<KeyPart>,
 }
@@ -170,12 +212,34 @@ impl Route {
         })?;
         let (pattern, names) =
             parse_pattern(&c.path).map_err(|reason| InvalidSetting::new(at("path"), reason))?;
-        if !is_valid_topic(&c.topic) {
-            return Err(InvalidSetting::new(
-                at("topic"),
-                "not a legal Kafka topic name",
-            ));
-        }
+        let lanes = if c.lanes.is_empty() {
+            if !is_valid_topic(&c.topic) {
+                return Err(InvalidSetting::new(
+                    at("topic"),
+                    "not a legal Kafka topic name",
+                ));
+            }
+            if c.default_lane.is_some() || !c.lane_rules.is_empty() {
+                return Err(InvalidSetting::new(
+                    at("lanes"),
+                    "default_lane and lane_rules need lanes",
+                ));
+            }
+            None
+        } else {
+            if !c.topic.is_empty() {
+                return Err(InvalidSetting::new(
+                    at("topic"),
+                    "a route with lanes names its topics in `lanes`, not `topic`",
+                ));
+            }
+            Some(Lanes::parse(
+                &c.lanes,
+                c.default_lane.as_deref(),
+                &c.lane_rules,
+                &at,
+            )?)
+        };
         let key =
             parse_key(&c.key, &names).map_err(|reason| InvalidSetting::new(at("key"), reason))?;
         if c.timeout.is_zero() {
@@ -197,21 +261,26 @@ impl Route {
             .as_ref()
             .map(|r| r.parse(&at("rate_limit")))
             .transpose()?;
-        let schema = c
-            .schema
-            .as_deref()
-            .map(crate::schema::RouteSchema::load)
-            .transpose()
-            .map_err(|e| {
-                InvalidSetting::new(at("schema"), format!("route {} {}: {e}", c.method, c.path))
-            })?;
+        let load = |field: &str, path: Option<&std::path::Path>| {
+            path.map(crate::schema::RouteSchema::load)
+                .transpose()
+                .map_err(|e| {
+                    InvalidSetting::new(at(field), format!("route {} {}: {e}", c.method, c.path))
+                })
+        };
+        let schema = load("schema", c.schema.as_deref())?;
+        let reply_schema = load("reply_schema", c.reply_schema.as_deref())?;
         Ok(Self {
             name: c
                 .name
                 .clone()
                 .unwrap_or_else(|| format!("{} {}", method, c.path)),
             method,
-            topic: c.topic.clone(),
+            topic: lanes
+                .as_ref()
+                .map_or_else(|| c.topic.clone(), |l| l.default_lane().topic.to_owned()),
+            lanes,
+            on_disconnect: c.on_disconnect,
             timeout: c.timeout,
             body_limit: c.body_limit,
             forward_headers,
@@ -222,6 +291,7 @@ impl Route {
             responder_group,
             rate_limit,
             schema,
+            reply_schema,
             pattern,
             key,
         })

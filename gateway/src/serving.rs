@@ -28,12 +28,14 @@ use replyway_shared::record::{Request as Record, new_correlation_id};
 use replyway_shared::trace::{TraceContext, continue_trace};
 use replyway_shared::waiters::Ticket;
 
+use crate::cancel::OnDisconnect;
 use crate::idempotency::{Claimed, Claiming, Scope};
+use crate::metrics::LaneLabel;
 use crate::observe::Label;
 use crate::prefer::Prefer;
 use crate::problem::GatewayError;
 use crate::ratelimit::{self, RateInfo, Refused};
-use crate::reply::{pending_response, reply_response};
+use crate::reply::{pending_response, route_reply};
 use crate::routes::Route;
 use crate::state::AppState;
 
@@ -116,7 +118,7 @@ async fn serve(
 
 async fn answer(
     state: &AppState,
-    route: &Route,
+    route: &Arc<Route>,
     submission: Pin<Box<impl Future<Output = Submission>>>,
 ) -> Result<Response, GatewayError> {
     // The submission's allocation is freed here, before the wait.
@@ -125,11 +127,14 @@ async fn answer(
         Submitted::Answered(response) => response,
         Submitted::Waiting { id, produced, wait } => {
             let started = std::time::Instant::now();
+            // Dropped armed only when this future is: the client went away.
+            let on_disconnect = OnDisconnect::new(state, route, &id);
             let reply = state.within_grace(produced.reply(wait)).await;
+            on_disconnect.disarm();
             // How long it waited: the whole wait, or until the grace ran out.
             let waited = wait.min(started.elapsed());
             match reply {
-                Some(reply) => reply_response(&id, &reply, route.reply_headers.as_ref()),
+                Some(reply) => route_reply(state, &id, &reply, Some(route))?,
                 None => return Err(GatewayError::Timeout(waited.as_millis(), id)),
             }
         }
@@ -175,6 +180,8 @@ enum Prepared {
 struct Ready {
     record: Record,
     principal: Option<String>,
+    /// The route's lane the command goes to, when it has lanes.
+    lane: Option<usize>,
     prefer: Prefer,
     wait: Duration,
     /// The place among the waiting requests, when the request waits.
@@ -199,11 +206,15 @@ async fn prepare(
         Err(_) => return Err(GatewayError::NoRoute(parts.uri.path().to_owned())),
     };
     let headers = &parts.headers;
-    let principal = state
+    let caller = state
         .auth
         .check(route.auth, &route.scopes, headers)
-        .map_err(|e| state.auth_error(e))?
-        .map(|p| p.id);
+        .map_err(|e| state.auth_error(e))?;
+    let lane = route
+        .lanes
+        .as_ref()
+        .map(|lanes| lanes.pick(headers, caller.as_ref()));
+    let principal = caller.map(|p| p.id);
     let rate = Box::pin(rate_limit(state, route, principal.as_deref(), &parts)).await?;
     let wait = prefer.wait.map_or(route.timeout, |w| w.min(route.timeout));
     let record = record(state, route, principal.as_deref(), &parts, params)?;
@@ -261,6 +272,7 @@ async fn prepare(
             ..record
         },
         principal,
+        lane,
         prefer,
         wait,
         ticket,
@@ -360,6 +372,7 @@ fn produce<'a>(
     let Ready {
         record,
         principal,
+        lane,
         prefer,
         wait,
         ticket,
@@ -368,9 +381,10 @@ fn produce<'a>(
     } = *ready;
     let id = record.correlation_id.clone();
     let key = route.key(&id, &record.params);
+    let lane = lane.and_then(|i| route.lanes.as_ref().map(|lanes| lanes.get(i)));
     let command = Command {
         request: record,
-        topic: &route.topic,
+        topic: lane.map_or(route.topic.as_str(), |lane| lane.topic),
         key: Bytes::from(key),
         label: &route.name,
         principal,
@@ -398,6 +412,16 @@ fn produce<'a>(
                     });
                 }
             };
+            if let Some(lane) = lane {
+                state
+                    .metrics
+                    .lane_commands
+                    .get_or_create(&LaneLabel {
+                        route: route.name.clone(),
+                        lane: lane.name.to_owned(),
+                    })
+                    .inc();
+            }
             if let Some(scope) = &scope {
                 Box::pin(scope.produced(state, &id)).await;
             }

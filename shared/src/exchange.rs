@@ -14,6 +14,18 @@
 //!    produced (the broker refused it or did not acknowledge it in time), the
 //!    pending record is deleted again: no service will ever reply to it, and a
 //!    pick-up must not report it pending.
+//!
+//! [`Node::cancel`] is the one place that cancels a command, from any node:
+//!
+//! 3. **Mark before the cancel record, once.** The pending record is marked
+//!    cancelled in one atomic step that also says whether it was cancelled
+//!    before or answered already; only the step that marked it produces the
+//!    cancel record (to the command's topic, with its key: the same
+//!    partition, after the command), and removes the mark again when the
+//!    record is not produced. So a request gets one cancel record (a retry
+//!    after a failure may add one more, which a service ignores), a pick-up
+//!    reports it cancelled as soon as a service may skip it, and a command
+//!    whose reply is stored is not cancelled.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,9 +38,9 @@ use rdkafka::util::Timeout;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::record::{Reply, Request, unix_millis};
+use crate::record::{Reply, Request, cancel_headers, unix_millis};
 use crate::settings::{InvalidSetting, KafkaSettings, RedisSettings, is_valid_topic};
-use crate::store::{Keys, Store, StoreError};
+use crate::store::{CancelPending, Keys, NewPending, Store, StoreError};
 use crate::subscriber::Subscriber;
 use crate::waiters::{Full, Ticket, Waiter, Waiters};
 
@@ -97,6 +109,34 @@ impl Submitted {
         let mut waiter = self.waiter?;
         tokio::time::timeout(within, waiter.reply()).await.ok()
     }
+}
+
+/// What cancelling a request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancellation {
+    /// Marked cancelled, and its cancel record produced.
+    Cancelled,
+    /// Cancelled before: nothing was produced again.
+    Already,
+    /// Its reply is stored: not cancelled.
+    Answered,
+    /// No such pending request (never issued, or expired).
+    Unknown,
+}
+
+/// Why a cancellation was not completed. Nothing is marked: it can be tried
+/// again.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    /// Redis failed.
+    #[error(transparent)]
+    Redis(#[from] StoreError),
+    /// The broker refused the cancel record.
+    #[error("producing the cancel record: {0}")]
+    Kafka(#[from] KafkaError),
+    /// The broker did not acknowledge the cancel record in time.
+    #[error("the broker did not acknowledge the cancel record within {0:?}")]
+    KafkaTimeout(Duration),
 }
 
 /// One node of the correlation. Cheap to clone; clones share everything.
@@ -316,10 +356,14 @@ impl Node {
                 .store
                 .create_pending(
                     &id,
-                    label,
-                    unix_millis(created),
+                    NewPending {
+                        route: label,
+                        created_ms: unix_millis(created),
+                        principal: principal.as_deref(),
+                        topic,
+                        key: &key,
+                    },
                     waiter.as_ref().map(|_| inner.id.as_str()),
-                    principal.as_deref(),
                 )
                 .await?;
 
@@ -352,6 +396,42 @@ impl Node {
             }
             Ok(Submitted { waiter })
         }
+    }
+}
+
+impl Node {
+    /// Cancels request `id`: marks its pending record cancelled and produces
+    /// its cancel record (invariant 3). The reply, if the service still
+    /// sends one, is stored as usual.
+    ///
+    /// # Errors
+    /// [`CancelError`]: Redis failed, or the cancel record was not produced.
+    pub async fn cancel(&self, id: &str) -> Result<Cancellation, CancelError> {
+        let inner = &*self.inner;
+        let (topic, key) = match inner.store.cancel_pending(id).await? {
+            CancelPending::Cancelled { topic, key } => (topic, key),
+            CancelPending::Already => return Ok(Cancellation::Already),
+            CancelPending::Answered => return Ok(Cancellation::Answered),
+            CancelPending::Unknown => return Ok(Cancellation::Unknown),
+        };
+        let bound = inner.produce_timeout;
+        let record = FutureRecord::to(&topic)
+            .key(&key[..])
+            .payload(&[][..])
+            .headers(cancel_headers(id));
+        let produced =
+            match tokio::time::timeout(bound, inner.producer.send(record, Timeout::After(bound)))
+                .await
+            {
+                Ok(Ok(_)) => return Ok(Cancellation::Cancelled),
+                Ok(Err((e, _))) => CancelError::Kafka(e),
+                Err(_) => CancelError::KafkaTimeout(bound),
+            };
+        // Not produced: the mark goes, so that a retry produces it.
+        if let Err(e) = inner.store.unmark_cancelled(id).await {
+            tracing::warn!(correlation_id = %id, error = %e, "could not remove the cancelled mark of a request whose cancel record was not produced");
+        }
+        Err(produced)
     }
 }
 

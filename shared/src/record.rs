@@ -40,6 +40,10 @@ pub mod header {
     /// Spring for Apache Kafka: the correlation id (raw bytes) that a `@SendTo`
     /// listener copies to its reply.
     pub const SPRING_CORRELATION_ID: &str = "kafka_correlationId";
+    /// `true` on a cancel record: not a command, but the cancellation of the
+    /// command with the same `correlation-id` (same topic and key, so the same
+    /// partition, after the command).
+    pub const CANCEL: &str = "cancel";
     /// Spring messaging's content type header (a JSON string when mapped by
     /// Spring's header mapper).
     pub const SPRING_CONTENT_TYPE: &str = "contentType";
@@ -303,6 +307,11 @@ pub struct Request {
     pub key: Option<Bytes>,
     /// The body.
     pub body: Bytes,
+    /// Cancelled when the command is cancelled while it is handled (its
+    /// client went away, or deleted it): a handler with work worth stopping
+    /// watches it and returns [`Cancelled`](crate::responder::Cancelled).
+    /// Not part of the record.
+    pub cancelled: tokio_util::sync::CancellationToken,
 }
 
 /// Why a request record cannot be served.
@@ -483,9 +492,62 @@ impl Request {
     }
 }
 
+/// The headers of the cancel record of command `correlation_id`: produced to
+/// the command's topic with the command's key, it tells the service that
+/// nobody reads the reply any more.
+pub fn cancel_headers(correlation_id: &str) -> OwnedHeaders {
+    OwnedHeaders::new_with_capacity(2)
+        .insert(Header {
+            key: header::CORRELATION_ID,
+            value: Some(correlation_id),
+        })
+        .insert(Header {
+            key: header::CANCEL,
+            value: Some("true"),
+        })
+}
+
+/// The correlation id a cancel record cancels; `None` for any other record
+/// (`cancel` absent or not `true`, or no correlation id).
+pub fn cancelled_id<'a>(
+    headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+) -> Option<String> {
+    let (mut cancel, mut id) = (false, None);
+    for (name, value) in headers {
+        match (name, value) {
+            (header::CANCEL, Some(v)) => cancel = v.eq_ignore_ascii_case(b"true"),
+            (header::CORRELATION_ID, Some(v)) => id = std::str::from_utf8(v).ok(),
+            _ => {}
+        }
+    }
+    id.filter(|id| cancel && !id.is_empty()).map(str::to_owned)
+}
+
+/// [`cancelled_id`] of a Kafka message.
+pub fn cancelled_id_of<M: Message>(message: &M) -> Option<String> {
+    cancelled_id(
+        message
+            .headers()
+            .into_iter()
+            .flat_map(|h| h.iter())
+            .map(|h| (h.key, h.value)),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cancel_record_names_its_command() {
+        assert_eq!(
+            cancelled_id(h(&[("correlation-id", "abc"), ("cancel", "true")])).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(cancelled_id(h(&[("correlation-id", "abc"), ("cancel", "false")])), None);
+        assert_eq!(cancelled_id(h(&[("correlation-id", "abc"), ("reply-to", "r")])), None);
+        assert_eq!(cancelled_id(h(&[("cancel", "true")])), None);
+    }
 
     fn h<'a>(pairs: &'a [(&'a str, &'a str)]) -> Vec<(&'a str, Option<&'a [u8]>)> {
         pairs

@@ -66,13 +66,15 @@ fn problem_schema() -> ObjectBuilder {
             )
         })
         .collect();
-    // `violations` and `violation_count` on `invalid-body`, and only there.
+    // `violations` and `violation_count` on `invalid-body` and
+    // `invalid-reply`, and only there.
+    let with_violations = [ProblemKind::InvalidBody, ProblemKind::InvalidReply];
     rules.push(rule(
-        type_is_one_of(&[ProblemKind::InvalidBody]),
+        type_is_one_of(&with_violations),
         any().required("violations").required("violation_count"),
     ));
     rules.push(rule(
-        type_is_none_of(&[ProblemKind::InvalidBody]),
+        type_is_none_of(&with_violations),
         any().extensions(fields([(
             "not",
             serde_json::json!({"anyOf": [{"required": ["violations"]}, {"required": ["violation_count"]}]}),
@@ -197,14 +199,17 @@ fn schemas(components: ComponentsBuilder) -> ComponentsBuilder {
             ObjectBuilder::new()
                 .schema_type(Type::Object)
                 .description(Some(
-                    "The gateway's answer for a request whose reply is not there yet.",
+                    "The gateway's answer for a request whose reply is not there yet: `pending`, or `cancelled` after its client went away or deleted it (a reply that still comes is served as usual).",
                 ))
                 .required("correlation_id")
                 .required("status")
                 .required("location")
                 .additional_properties(Some(AdditionalProperties::FreeForm(false)))
                 .property("correlation_id", schema_ref("CorrelationId"))
-                .property("status", constant("pending"))
+                .property(
+                    "status",
+                    string().enum_values(Some(["pending", "cancelled"])),
+                )
                 .property("location", string_matching(LOCATION_PATTERN)),
         )
         .schema(

@@ -1,5 +1,5 @@
-//! The gateway's own endpoints: `GET /v1/replies/{id}`, `/healthz`, `/readyz`
-//! and `/openapi.json`.
+//! The gateway's own endpoints: `GET` and `DELETE /v1/replies/{id}`,
+//! `/healthz`, `/readyz` and `/openapi.json`.
 
 use utoipa::openapi::path::{Operation, OperationBuilder, ParameterBuilder, ParameterIn};
 use utoipa::openapi::{ContentBuilder, ObjectBuilder, Required, ResponseBuilder, Type};
@@ -24,14 +24,7 @@ fn own(summary: &str, description: impl Into<String>, id: &str) -> OperationBuil
 
 /// `GET /v1/replies/{id}`.
 pub(super) fn get_reply(settings: &Settings) -> Operation {
-    let id = ParameterBuilder::new()
-        .name("id")
-        .parameter_in(ParameterIn::Path)
-        .required(Required::True)
-        .description(Some(
-            "The correlation id (the `correlation-id` header of the request's answer).",
-        ))
-        .schema(Some(schema_ref("CorrelationId")));
+    let id = id_parameter();
     let prefer = prefer_parameter(format!(
         "RFC 7240 preferences; others are ignored. `wait=N`: while the request is pending, wait up to N seconds (capped at {}) for its reply before answering `202`. A `wait` that is not a whole number of seconds (0–4294967295), or a value that is not visible ASCII: `400`.",
         human(settings.max_poll_wait)
@@ -52,7 +45,11 @@ pub(super) fn get_reply(settings: &Settings) -> Operation {
     )
     .response(
         "202",
-        pending_response("The request is pending: no reply yet.", false, Vec::new()),
+        pending_response(
+            "The request is pending: no reply yet (`status` is `cancelled` once it was cancelled).",
+            false,
+            Vec::new(),
+        ),
     )
     .response(
         "400",
@@ -90,6 +87,84 @@ pub(super) fn get_reply(settings: &Settings) -> Operation {
         );
     }
     operation.build()
+}
+
+/// `DELETE /v1/replies/{id}`.
+pub(super) fn delete_reply(settings: &Settings) -> Operation {
+    let mut operation = own(
+        "Cancel a request",
+        "Cancels a pending request by its correlation id, on any gateway replica: its pending record is marked cancelled and a cancel record (`cancel: true`, same `correlation-id`) is produced to the command's topic with its key, after the command; a service skips the command if it has not started it, or is told to stop it. A reply that still comes is stored and served as usual. Only the principal that made the request may cancel it.",
+        "cancelRequest",
+    )
+    .parameter(id_parameter())
+    .response(
+        "202",
+        ResponseBuilder::new()
+            .description("Cancelled (also when it was cancelled before): `status` is `cancelled`; `GET` at `Location` serves the reply if the service still sends one.")
+            .header("correlation-id", super::parts::correlation_id_header(true))
+            .header("location", super::parts::location_header())
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(schema_ref("PendingReply")))
+                    .build(),
+            ),
+    )
+    .response(
+        "400",
+        problem_response(
+            "A malformed correlation id (`bad-request`).",
+            &[ProblemKind::BadRequest],
+            Vec::new(),
+        ),
+    )
+    .response(
+        "404",
+        problem_response(
+            "No pending request with this id: never issued, expired, or made by another principal (`unknown-reply`).",
+            &[ProblemKind::UnknownReply],
+            Vec::new(),
+        ),
+    )
+    .response(
+        "409",
+        problem_response(
+            "The reply is stored already: nothing is cancelled; `GET` fetches it (`already-answered`).",
+            &[ProblemKind::AlreadyAnswered],
+            Vec::new(),
+        ),
+    )
+    .response(
+        "503",
+        problem_response(
+            "Redis unreachable (`store-unavailable`), or the broker did not take the cancel record (`broker-unavailable`): nothing is cancelled, try again.",
+            &[ProblemKind::StoreUnavailable, ProblemKind::BrokerUnavailable],
+            vec![("retry-after", retry_after_header("the gateway's `503`"))],
+        ),
+    );
+    if !settings.auth.api_keys.is_empty() || settings.auth.jwt.is_some() {
+        operation = operation.response(
+            "401",
+            problem_response(
+                "Credentials were sent that do not check out as an API key or a JWT (`unauthenticated`).",
+                &[ProblemKind::Unauthenticated],
+                challenge_headers(),
+            ),
+        );
+    }
+    operation.build()
+}
+
+/// The `{id}` path parameter of `/v1/replies/{id}`.
+fn id_parameter() -> ParameterBuilder {
+    ParameterBuilder::new()
+        .name("id")
+        .parameter_in(ParameterIn::Path)
+        .required(Required::True)
+        .description(Some(
+            "The correlation id (the `correlation-id` header of the request's answer).",
+        ))
+        .schema(Some(schema_ref("CorrelationId")))
 }
 
 /// `GET /healthz`.

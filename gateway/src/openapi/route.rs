@@ -132,6 +132,18 @@ fn header_parameters(settings: &Settings, route: &Route) -> (Vec<Parameter>, Vec
         idempotency_key_parameter(settings),
     ));
 
+    if let Some(lanes) = route.lanes.as_ref().filter(|l| l.reads_priority()) {
+        let note = format!(
+            "RFC 9218 priority: its urgency `u=0` (most urgent) to `u=7` (`u=3` when absent) picks the command's lane by the route's lane rules (default lane `{}`).",
+            lanes.default_lane().name
+        );
+        headers.add(
+            "priority",
+            || header_parameter("priority", &note, None),
+            &note,
+        );
+    }
+
     let mut not_parameters = Vec::new();
     for name in &route.forward_headers {
         let name = name.as_str();
@@ -190,6 +202,25 @@ fn description(route: &Route, not_parameters: &[String]) -> String {
             not_parameters.join(", ")
         ));
     }
+    if let Some(lanes) = &route.lanes {
+        let names: Vec<String> = lanes
+            .all()
+            .map(|l| format!("`{}` (topic `{}`)", l.name, l.topic))
+            .collect();
+        description.push_str(&format!(
+            " Lanes: {}; a request no lane rule picks goes to `{}`.",
+            names.join(", "),
+            lanes.default_lane().name
+        ));
+    }
+    description.push_str(match route.on_disconnect {
+        crate::routes::OnDisconnect::Cancel => {
+            " A client that goes away before its reply cancels the command (a cancel record follows it)."
+        }
+        crate::routes::OnDisconnect::Keep => {
+            " A client that goes away before its reply leaves the command to be served; its reply can be fetched later."
+        }
+    });
     if let Some(allowed) = &route.reply_headers {
         let mut allowed: Vec<&str> = allowed.iter().map(|h| h.as_str()).collect();
         allowed.sort_unstable();
@@ -403,7 +434,8 @@ fn serving_problems(
 }
 
 /// The answers only some routes give: `404` with path parameters, `401` and
-/// `403` with authentication, `429` with a rate limit.
+/// `403` with authentication, `429` with a rate limit, `502` with a reply
+/// schema.
 fn route_problems(mut operation: OperationBuilder, route: &Route) -> OperationBuilder {
     if !route.param_names().is_empty() {
         operation = operation.response(
@@ -420,6 +452,19 @@ fn route_problems(mut operation: OperationBuilder, route: &Route) -> OperationBu
     }
     if let Some(limit) = &route.rate_limit {
         operation = operation.response("429", rate_limited_response(limit));
+    }
+    if let Some(schema) = &route.reply_schema {
+        operation = operation.response(
+            "502",
+            problem_response(
+                &format!(
+                    "The service's 2xx reply does not match the route's reply schema ({}): `violations` lists each (`invalid-reply`).",
+                    schema.path.display()
+                ),
+                &[ProblemKind::InvalidReply],
+                Vec::new(),
+            ),
+        );
     }
     operation
 }

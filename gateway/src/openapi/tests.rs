@@ -52,6 +52,13 @@ fn settings() -> Settings {
                     )
                     .into(),
                 ),
+                reply_schema: Some(
+                    concat!(
+                        env!("CARGO_MANIFEST_DIR"),
+                        "/../config/schemas/ledger-transfer-reply.json"
+                    )
+                    .into(),
+                ),
                 ..route("POST", "/ledger/transfers")
             },
         ],

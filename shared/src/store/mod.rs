@@ -6,7 +6,7 @@
 //!
 //! | key | type | written by | content |
 //! |---|---|---|---|
-//! | `<prefix>:{<id>}:pending` | hash | gateway | `route`, `created` (unix ms) |
+//! | `<prefix>:{<id>}:pending` | hash | gateway | `route`, `created` (unix ms), `principal`, `topic`, `key`, `cancelled` |
 //! | `<prefix>:{<id>}:waiters` | set | gateway | ids of the nodes waiting for the reply |
 //! | `<prefix>:{<id>}:reply` | string | collector | the stored reply (see [`encode_reply`]) |
 //! | channel `<prefix>:node:<node-id>` | pub/sub | collector | `<id>\n<stored reply>` |
@@ -27,6 +27,9 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 use crate::record::Reply;
+
+mod scripts;
+pub use scripts::*;
 
 /// Key and channel names under one prefix.
 #[derive(Debug, Clone)]
@@ -77,98 +80,6 @@ impl Keys {
         format!("{}{node}", self.channel_prefix())
     }
 }
-
-/// Stores a reply unless one is stored already (the first reply wins) and
-/// publishes it to every waiting node, in one atomic step. The waiters set is then
-/// dropped: a node that joins later finds the reply when it reads the key.
-///
-/// KEYS: reply, waiters. ARGV: stored reply, TTL in ms, channel prefix, id.
-/// Returns 1 when stored, 0 when a reply was stored before.
-pub const STORE_REPLY_LUA: &str = r"
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
-local nodes = redis.call('SMEMBERS', KEYS[2])
-if #nodes > 0 then
-  local message = ARGV[4] .. '\n' .. ARGV[1]
-  for _, node in ipairs(nodes) do redis.call('PUBLISH', ARGV[3] .. node, message) end
-  redis.call('DEL', KEYS[2])
-end
-return 1
-";
-
-/// Joins a node to the waiters of a pending request, then reads the reply.
-///
-/// KEYS: pending, waiters, reply. ARGV: node id.
-/// Returns `{reply or false, route or false, principal or false}`; route and
-/// principal are there while the request's pending record lives. The waiters
-/// set expires with the pending record.
-pub const JOIN_AND_READ_LUA: &str = r"
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then
-  redis.call('SADD', KEYS[2], ARGV[1])
-  redis.call('PEXPIRE', KEYS[2], ttl)
-end
-local pending = redis.call('HMGET', KEYS[1], 'route', 'principal')
-return {redis.call('GET', KEYS[3]), pending[1], pending[2]}
-";
-
-/// Records a request as pending and, with a node id, makes that node its waiter.
-///
-/// KEYS: pending, waiters. ARGV: route, created (unix ms), TTL in ms, node id
-/// or "", principal or "".
-pub const CREATE_PENDING_LUA: &str = r"
-redis.call('HSET', KEYS[1], 'route', ARGV[1], 'created', ARGV[2])
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'principal', ARGV[5]) end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-if ARGV[4] ~= '' then
-  redis.call('SADD', KEYS[2], ARGV[4])
-  redis.call('PEXPIRE', KEYS[2], ARGV[3])
-end
-return 1
-";
-
-/// Claims an idempotency key for a new request, or returns the request that
-/// claimed it first; takes over a claim whose command was never marked
-/// produced within its lease (the claiming gateway died between claim and
-/// produce), so that a retry is not stuck until the key's TTL.
-///
-/// The record is `<id> <fingerprint> <lease>`: `<lease>` is the unix ms (Redis's
-/// clock) until which the claimer may still produce, `0` once it has.
-///
-/// KEYS: idempotency record. ARGV: id, fingerprint, TTL in ms, lease in ms.
-/// Returns `{'claimed'}`, `{'took-over', id}` (same fingerprint, expired
-/// lease: the caller produces the command again under that id), or
-/// `{'first', record, ms left of the lease or -1 when produced}`.
-pub const CLAIM_IDEMPOTENCY_LUA: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local first = redis.call('GET', KEYS[1])
-if not first then
-  redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. (now + tonumber(ARGV[4])), 'PX', ARGV[3])
-  return {'claimed'}
-end
-local id, fingerprint, lease = string.match(first, '^(%S+) (%S*) (%d+)$')
-if not id then return {'first', first, -1} end
-lease = tonumber(lease)
-if lease == 0 then return {'first', first, -1} end
-if lease <= now and fingerprint == ARGV[2] then
-  redis.call('SET', KEYS[1], id .. ' ' .. fingerprint .. ' ' .. (now + tonumber(ARGV[4])), 'KEEPTTL')
-  return {'took-over', id}
-end
-return {'first', first, math.max(lease - now, 0)}
-";
-
-/// Marks a claim's command produced (lease `0`), if the record is still that
-/// request's.
-///
-/// KEYS: idempotency record. ARGV: id.
-pub const MARK_PRODUCED_LUA: &str = r"
-local v = redis.call('GET', KEYS[1])
-if not v then return 0 end
-local id, fingerprint = string.match(v, '^(%S+) (%S*) %d+$')
-if id ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], id .. ' ' .. fingerprint .. ' 0', 'KEEPTTL')
-return 1
-";
 
 /// What claiming an idempotency key found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,6 +187,26 @@ pub struct PendingInfo {
     pub route: String,
     /// Who made it, when the route authenticates.
     pub principal: Option<String>,
+    /// Whether it was cancelled ([`Store::cancel_pending`]).
+    pub cancelled: bool,
+}
+
+/// What cancelling a pending request found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelPending {
+    /// Marked cancelled now: the cancel record goes to `topic` with `key`.
+    Cancelled {
+        /// The command's topic.
+        topic: String,
+        /// The command's record key.
+        key: Bytes,
+    },
+    /// Cancelled before.
+    Already,
+    /// The reply is stored: too late to cancel.
+    Answered,
+    /// No pending record (never issued, or expired).
+    Unknown,
 }
 
 /// What Redis knows of a correlation id.
@@ -313,24 +244,20 @@ pub struct RateDecision {
     pub reset: Duration,
 }
 
-/// GCRA rate limit in one step, on Redis's clock (shared by all replicas).
-///
-/// KEYS: the limit's key. ARGV: interval (µs), tolerance = interval × (burst − 1) (µs).
-/// Returns `{allowed 0/1, remaining, retry after µs, reset µs}`.
-pub const RATE_LIMIT_LUA: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local tau = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-if tat - now > tau then
-  return {0, 0, tat - now - tau, tat - now}
-end
-local new_tat = tat + interval
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
-return {1, math.floor((tau - (new_tat - now) + interval) / interval), 0, new_tat - now}
-";
+/// A new pending record.
+#[derive(Debug, Clone, Copy)]
+pub struct NewPending<'a> {
+    /// What names the request (a route, a topic).
+    pub route: &'a str,
+    /// When it was made (unix ms).
+    pub created_ms: u64,
+    /// Who may pick its reply up, when the caller authenticated.
+    pub principal: Option<&'a str>,
+    /// The command's topic and key (for its cancel record).
+    pub topic: &'a str,
+    /// The command's record key.
+    pub key: &'a [u8],
+}
 
 /// One reply to store.
 #[derive(Debug)]
@@ -354,6 +281,7 @@ pub struct Store {
     claim_script: redis::Script,
     produced_script: redis::Script,
     create_script: redis::Script,
+    cancel_script: redis::Script,
     rate_script: redis::Script,
 }
 
@@ -395,6 +323,7 @@ impl Store {
             claim_script: redis::Script::new(CLAIM_IDEMPOTENCY_LUA),
             produced_script: redis::Script::new(MARK_PRODUCED_LUA),
             create_script: redis::Script::new(CREATE_PENDING_LUA),
+            cancel_script: redis::Script::new(CANCEL_PENDING_LUA),
             rate_script: redis::Script::new(RATE_LIMIT_LUA),
         }
     }
@@ -444,22 +373,74 @@ impl Store {
     pub async fn create_pending(
         &self,
         id: &str,
-        route: &str,
-        created_ms: u64,
+        pending: NewPending<'_>,
         waiter: Option<&str>,
-        principal: Option<&str>,
     ) -> Result<(), StoreError> {
         let mut invocation = self.create_script.key(self.keys.pending(id));
         invocation
             .key(self.keys.waiters(id))
-            .arg(route)
-            .arg(created_ms)
+            .arg(pending.route)
+            .arg(pending.created_ms)
             .arg(ttl_ms(self.ttl))
             .arg(waiter.unwrap_or_default())
-            .arg(principal.unwrap_or_default());
+            .arg(pending.principal.unwrap_or_default())
+            .arg(pending.topic)
+            .arg(pending.key);
         self.bounded(async {
             let mut conn = self.connection();
             invocation.invoke_async::<()>(&mut conn).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Marks pending request `id` cancelled ([`CANCEL_PENDING_LUA`]).
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis does not answer or answers out of contract.
+    pub async fn cancel_pending(&self, id: &str) -> Result<CancelPending, StoreError> {
+        let mut invocation = self.cancel_script.key(self.keys.pending(id));
+        invocation.key(self.keys.reply(id));
+        let answer: Vec<redis::Value> = self
+            .bounded(async {
+                let mut conn = self.connection();
+                Ok(invocation.invoke_async(&mut conn).await?)
+            })
+            .await?;
+        let bytes = |i: usize| -> Option<Vec<u8>> {
+            answer
+                .get(i)
+                .and_then(|v| redis::from_redis_value(v.clone()).ok())
+        };
+        match bytes(0).as_deref() {
+            Some(b"answered") => Ok(CancelPending::Answered),
+            Some(b"unknown") => Ok(CancelPending::Unknown),
+            Some(b"already") => Ok(CancelPending::Already),
+            Some(b"cancelled") => match (bytes(1).map(String::from_utf8), bytes(2)) {
+                (Some(Ok(topic)), Some(key)) => Ok(CancelPending::Cancelled {
+                    topic,
+                    key: key.into(),
+                }),
+                _ => Err(StoreError::Malformed("cancel answer".into())),
+            },
+            _ => Err(StoreError::Malformed("cancel answer".into())),
+        }
+    }
+
+    /// Removes the cancelled mark of `id` again: its cancel record could not
+    /// be produced.
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis does not acknowledge.
+    pub async fn unmark_cancelled(&self, id: &str) -> Result<(), StoreError> {
+        let key = self.keys.pending(id);
+        self.bounded(async {
+            let mut conn = self.connection();
+            redis::cmd("HDEL")
+                .arg(&key)
+                .arg("cancelled")
+                .query_async::<()>(&mut conn)
+                .await?;
             Ok(())
         })
         .await
@@ -488,7 +469,13 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when Redis does not answer or holds a malformed reply.
     pub async fn lookup(&self, id: &str, waiter: Option<&str>) -> Result<Lookup, StoreError> {
-        let (reply, route, principal): (Option<Vec<u8>>, Option<String>, Option<String>) = self
+        type Found = (
+            Option<Vec<u8>>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let (reply, route, principal, cancelled): Found = self
             .bounded(async {
                 let mut conn = self.connection();
                 if let Some(node) = waiter {
@@ -502,12 +489,17 @@ impl Store {
                     let mut pipe = redis::pipe();
                     pipe.get(self.keys.reply(id))
                         .hget(self.keys.pending(id), "route")
-                        .hget(self.keys.pending(id), "principal");
+                        .hget(self.keys.pending(id), "principal")
+                        .hget(self.keys.pending(id), "cancelled");
                     Ok(pipe.query_async(&mut conn).await?)
                 }
             })
             .await?;
-        let pending = route.map(|route| PendingInfo { route, principal });
+        let pending = route.map(|route| PendingInfo {
+            route,
+            principal,
+            cancelled: cancelled.is_some(),
+        });
         Ok(match (reply, pending) {
             (Some(bytes), pending) => Lookup::Reply(decode_reply(&bytes)?, pending),
             (None, Some(pending)) => Lookup::Pending(pending),
