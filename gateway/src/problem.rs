@@ -403,13 +403,14 @@ impl IntoResponse for GatewayError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        if let Self::Timeout(_, id) = &self {
-            if let Ok(v) = HeaderValue::from_str(&reply_location(id)) {
-                headers.insert(header::LOCATION, v);
-            }
-            if let Ok(v) = HeaderValue::from_str(id) {
-                headers.insert(crate::CORRELATION_ID.clone(), v);
-            }
+        if let Self::Timeout(_, id) = &self
+            && let Ok(v) = HeaderValue::from_str(&reply_location(id))
+        {
+            headers.insert(header::LOCATION, v);
+        }
+        // The header too, wherever the body names the correlation id.
+        if let Some(v) = correlation_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+            headers.insert(crate::CORRELATION_ID.clone(), v);
         }
         if let Self::Unauthenticated(_, challenge) | Self::Forbidden(_, challenge) = &self
             && let Ok(v) = HeaderValue::from_str(challenge)

@@ -34,13 +34,13 @@ pub struct RouteConfig {
     #[serde(default)]
     pub topic: String,
     /// Priority lanes: a request topic per lane name, instead of `topic`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default)]
     pub lanes: BTreeMap<String, String>,
     /// The lane of a request no rule matches (required with `lanes`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub default_lane: Option<String>,
     /// Rules that pick a request's lane; the first that matches wins.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub lane_rules: Vec<LaneRuleConfig>,
     /// What a client that goes away before its reply means: `cancel`
     /// (default: the command is cancelled) or `keep` (it is served, and its
@@ -89,7 +89,7 @@ pub struct RouteConfig {
     pub schema: Option<std::path::PathBuf>,
     /// Also check replies against the schema a service declares in
     /// `reply_schema`: a mismatch is answered `502` `invalid-reply`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub reply_schema: Option<std::path::PathBuf>,
 }
 

@@ -544,8 +544,14 @@ mod tests {
             cancelled_id(h(&[("correlation-id", "abc"), ("cancel", "true")])).as_deref(),
             Some("abc")
         );
-        assert_eq!(cancelled_id(h(&[("correlation-id", "abc"), ("cancel", "false")])), None);
-        assert_eq!(cancelled_id(h(&[("correlation-id", "abc"), ("reply-to", "r")])), None);
+        assert_eq!(
+            cancelled_id(h(&[("correlation-id", "abc"), ("cancel", "false")])),
+            None
+        );
+        assert_eq!(
+            cancelled_id(h(&[("correlation-id", "abc"), ("reply-to", "r")])),
+            None
+        );
         assert_eq!(cancelled_id(h(&[("cancel", "true")])), None);
     }
 

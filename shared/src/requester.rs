@@ -31,7 +31,7 @@ use bytes::Bytes;
 use rdkafka::error::KafkaError;
 use tracing::Instrument;
 
-use crate::exchange::{Command, Node, NodeOptions, SubmitError};
+use crate::exchange::{CancelError, Cancellation, Command, Node, NodeOptions, SubmitError};
 use crate::record::{Reply, Request, is_valid_correlation_id, new_correlation_id};
 use crate::settings::{InvalidSetting, KafkaSettings, RedisSettings};
 use crate::store::{Lookup, StoreError};
@@ -287,6 +287,21 @@ impl Requester {
                 Lookup::Unknown => Fetched::Unknown,
             },
         )
+    }
+
+    /// Cancels an earlier request (after a [`RequesterError::Timeout`], or one
+    /// whose answer is no longer wanted): its cancel record goes to the
+    /// command's partition, and a `Responder` skips or stops the command
+    /// (see [`Node::cancel`](crate::exchange::Node::cancel)).
+    ///
+    /// # Errors
+    /// [`CancelError`] when Redis fails or the broker does not take the
+    /// cancel record; nothing is marked then.
+    pub async fn cancel(&self, correlation_id: &str) -> Result<Cancellation, CancelError> {
+        if !is_valid_correlation_id(correlation_id) {
+            return Ok(Cancellation::Unknown);
+        }
+        self.inner.node.cancel(correlation_id).await
     }
 
     /// Stops the subscription and flushes the producer. Requests still waiting

@@ -94,7 +94,7 @@ pub fn reference<T: Serialize>(defaults: &T) -> String {
 }
 
 /// Parses the command line of a binary whose settings are `defaults`: `--help`
-/// ends with [`reference`].
+/// ends with [`reference()`].
 pub fn parse_args<A: clap::Parser, T: Serialize>(defaults: &T) -> A {
     let command = A::command()
         .after_help("--help lists every setting with its default and environment variable.")

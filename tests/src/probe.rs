@@ -32,6 +32,29 @@ pub async fn spawn_gateway(
     Ok((format!("http://{addr}"), token))
 }
 
+/// [`spawn_gateway`], with an admin port of its own too: returns the base
+/// URL, the admin address (`127.0.0.1:<port>`, for `/metrics`) and the token.
+///
+/// # Errors
+/// When the settings are invalid or no port can be bound.
+pub async fn spawn_gateway_with_admin(
+    mut settings: replyway_gateway::Settings,
+) -> anyhow::Result<(String, String, CancellationToken)> {
+    settings.admin_listen = String::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let (addr, admin_addr) = (listener.local_addr()?, admin.local_addr()?);
+    let token = CancellationToken::new();
+    let config = settings.build()?;
+    tokio::spawn(replyway_gateway::run(
+        config,
+        listener,
+        Some(admin),
+        token.clone(),
+    ));
+    Ok((format!("http://{addr}"), admin_addr.to_string(), token))
+}
+
 /// Produces a record whose header values are raw bytes (not necessarily
 /// UTF-8) and returns where the broker put it: `(partition, offset)`.
 ///

@@ -157,6 +157,8 @@ pub struct Stack {
     pub collector_admin: Vec<String>,
     /// Echo service.
     pub echo: Running,
+    /// Admin address of the echo service (`/healthz`, `/metrics`).
+    pub echo_admin: SocketAddr,
     /// The echo service's settings (its consumer group is `<prefix>-echo`).
     pub echo_settings: replyway_echo::Settings,
     /// HTTP client.
@@ -336,7 +338,9 @@ impl Stack {
             kafka,
             ..replyway_echo::Settings::default()
         };
-        let echo = start_echo(echo_settings.clone());
+        let echo_admin_port = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let echo_admin = echo_admin_port.local_addr()?;
+        let echo = start_echo(echo_settings.clone(), Some(echo_admin_port));
 
         let stack = Self {
             broker,
@@ -351,6 +355,7 @@ impl Stack {
             gateway_admin,
             collector_admin,
             echo,
+            echo_admin,
             echo_settings,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
@@ -434,9 +439,17 @@ impl Stack {
         Ok(())
     }
 
-    /// Starts the echo service again (after `echo.stop()`), with its settings.
+    /// Starts the echo service again (after `echo.stop()`), with its settings
+    /// and, when it is still free, its admin address (else a new one, in
+    /// `echo_admin`).
     pub fn restart_echo(&mut self) {
-        self.echo = start_echo(self.echo_settings.clone());
+        let admin = std::net::TcpListener::bind(self.echo_admin)
+            .or_else(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+            .ok();
+        if let Some(addr) = admin.as_ref().and_then(|a| a.local_addr().ok()) {
+            self.echo_admin = addr;
+        }
+        self.echo = start_echo(self.echo_settings.clone(), admin);
     }
 
     /// Whether gateway `i` answers an echo request end to end within `within`
@@ -625,11 +638,19 @@ fn unique_prefix() -> String {
     )
 }
 
-/// The echo service, in this process.
-fn start_echo(settings: replyway_echo::Settings) -> Running {
+/// The echo service, in this process, with its admin port on `admin` (bound
+/// here and handed over, as a binary's main does).
+fn start_echo(settings: replyway_echo::Settings, admin: Option<std::net::TcpListener>) -> Running {
     let token = CancellationToken::new();
     Running::spawn(None, token.clone(), async move {
-        replyway_echo::run(&settings, token).await
+        let admin = match admin {
+            Some(listener) => {
+                listener.set_nonblocking(true)?;
+                Some(tokio::net::TcpListener::from_std(listener)?)
+            }
+            None => None,
+        };
+        replyway_echo::run_with_admin(&settings, admin, token).await
     })
 }
 

@@ -1,16 +1,26 @@
 //! The echo demo service, built on the [`Responder`]: it replies with the
 //! request's body and content type. If the body is a JSON object with
 //! `"status": N` it replies with that status; with `"sleep_ms": N` it waits that
-//! long first (at most [`MAX_SLEEP`]). That makes timeouts and status mapping
-//! visible to a new user.
+//! long first (at most [`MAX_SLEEP`]), and stops without a reply when the
+//! command is cancelled meanwhile. That makes timeouts, cancellation and status
+//! mapping visible to a new user.
+//!
+//! With `lanes` it serves its topics in priority lanes (see
+//! [`replyway_shared::responder`]); with `admin_listen` it serves `/healthz`
+//! and `/metrics` (the Responder's counters) on an admin port.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use replyway_shared::responder::{HandlerError, Responder};
-use replyway_shared::settings::{KafkaSettings, LogSettings};
+use replyway_shared::admin::{self, AdminServer};
+use replyway_shared::responder::{
+    self, Cancelled, DEFAULT_LOWER_LANE_SHARE, DEFAULT_MAX_QUEUED, HandlerError, Responder,
+};
+use replyway_shared::settings::{InvalidSetting, KafkaSettings, LogSettings, is_valid_topic};
 use replyway_shared::{Reply, Request};
 
 /// Longest sleep the service honours.
@@ -20,12 +30,23 @@ pub const MAX_SLEEP: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
-    /// Request topics served.
+    /// Request topics served (in one lane; ignored when `lanes` is set).
     pub topics: Vec<String>,
+    /// Priority lanes, highest first, each a list of topics; when not empty
+    /// it replaces `topics`.
+    pub lanes: Vec<Vec<String>>,
+    /// Share of the starts that go to lower lanes while a higher one is
+    /// backlogged: `0 < share <= 0.5`.
+    pub lower_lane_share: f64,
+    /// Commands read ahead per lane; at the bound the lane is paused.
+    pub max_queued: usize,
     /// Consumer group of every echo replica.
     pub group_id: String,
     /// Most commands handled at once.
     pub max_in_flight: usize,
+    /// Admin port (`/healthz`, `/metrics`), e.g. `127.0.0.1:9093`; empty:
+    /// none.
+    pub admin_listen: String,
     /// Kafka.
     pub kafka: KafkaSettings,
     /// Logging.
@@ -42,11 +63,70 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             topics: vec!["echo.requests".into()],
+            lanes: Vec::new(),
+            lower_lane_share: DEFAULT_LOWER_LANE_SHARE,
+            max_queued: DEFAULT_MAX_QUEUED,
             group_id: "replyway-echo".into(),
             max_in_flight: 1000,
+            admin_listen: String::new(),
             kafka: KafkaSettings::default(),
             log: LogSettings::default(),
         }
+    }
+}
+
+impl Settings {
+    /// The lanes served, highest first: `lanes`, or `topics` as one lane.
+    pub fn served_lanes(&self) -> Vec<Vec<String>> {
+        if self.lanes.is_empty() {
+            vec![self.topics.clone()]
+        } else {
+            self.lanes.clone()
+        }
+    }
+
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// [`InvalidSetting`] naming the first bad setting.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let setting = if self.lanes.is_empty() {
+            "topics"
+        } else {
+            "lanes"
+        };
+        let lanes = self.served_lanes();
+        if lanes.iter().any(Vec::is_empty) {
+            return Err(InvalidSetting::new(
+                setting,
+                "every lane must name at least one topic",
+            ));
+        }
+        if let Some(bad) = lanes.iter().flatten().find(|t| !is_valid_topic(t)) {
+            return Err(InvalidSetting::new(
+                setting,
+                format!("{bad:?} is not a legal Kafka topic name"),
+            ));
+        }
+        if !responder::valid_lower_lane_share(self.lower_lane_share) {
+            return Err(InvalidSetting::new(
+                "lower_lane_share",
+                format!(
+                    "must be more than 0 and at most 0.5, got {}",
+                    self.lower_lane_share
+                ),
+            ));
+        }
+        if self.max_queued == 0 {
+            return Err(InvalidSetting::new("max_queued", "must be at least 1"));
+        }
+        if self.max_in_flight == 0 {
+            return Err(InvalidSetting::new("max_in_flight", "must be at least 1"));
+        }
+        if self.group_id.trim().is_empty() {
+            return Err(InvalidSetting::new("group_id", "must not be empty"));
+        }
+        self.kafka.validate()
     }
 }
 
@@ -59,13 +139,18 @@ struct Controls {
 /// Answers one command.
 ///
 /// # Errors
-/// Never: a body that asks for an impossible status gets a `400` reply.
+/// [`Cancelled`] when the command is cancelled while it sleeps; otherwise
+/// never: a body that asks for an impossible status gets a `400` reply.
 pub async fn handle(request: Request) -> Result<Reply, HandlerError> {
     let controls = serde_json::from_slice::<Controls>(&request.body).ok();
     let mut status = 200;
     if let Some(c) = controls {
         if let Some(ms) = c.sleep_ms {
-            tokio::time::sleep(Duration::from_millis(ms).min(MAX_SLEEP)).await;
+            let sleep = tokio::time::sleep(Duration::from_millis(ms).min(MAX_SLEEP));
+            tokio::select! {
+                () = sleep => {}
+                () = request.cancelled.cancelled() => return Err(Cancelled.into()),
+            }
         }
         if let Some(s) = c.status {
             if !(200..=599).contains(&s) {
@@ -81,20 +166,48 @@ pub async fn handle(request: Request) -> Result<Reply, HandlerError> {
         .header("x-echo-path", request.path.unwrap_or_default()))
 }
 
-/// Serves the echo topics until `shutdown`.
+/// Serves the echo topics until `shutdown`, binding `admin_listen` itself.
 ///
 /// # Errors
-/// When the Kafka clients cannot be created or the final commit fails.
+/// When a setting is invalid, the admin address cannot be bound, the Kafka
+/// clients cannot be created or the final commit fails.
 pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
-    let responder = Responder::new(
+    settings.validate()?;
+    let admin = AdminServer::bind(&settings.admin_listen).await?;
+    run_with_admin(settings, admin, shutdown).await
+}
+
+/// Serves the echo topics until `shutdown`, with the admin port (`/healthz`,
+/// `/metrics`) on `admin` (none when `None`; `admin_listen` is not read).
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with_admin(
+    settings: &Settings,
+    admin: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    settings.validate()?;
+    let lanes = settings.served_lanes();
+    let lanes: Vec<Vec<&str>> = lanes
+        .iter()
+        .map(|lane| lane.iter().map(String::as_str).collect())
+        .collect();
+    let lanes: Vec<&[&str]> = lanes.iter().map(Vec::as_slice).collect();
+    let responder = Responder::with_lanes(
         &settings.kafka,
         &settings.group_id,
-        &topics,
+        &lanes,
         settings.max_in_flight,
-    )?;
-    tracing::info!(topics = ?settings.topics, group_id = %settings.group_id, "echo service started");
-    responder.run(handle, shutdown).await?;
+    )?
+    .with_max_queued(settings.max_queued)
+    .with_lower_lane_share(settings.lower_lane_share);
+    let registry = responder::metrics::registry(responder.stats());
+    let admin = AdminServer::start(admin, admin::router(Arc::new(registry)));
+    tracing::info!(lanes = ?settings.served_lanes(), group_id = %settings.group_id, "echo service started");
+    let served = responder.run(handle, shutdown).await;
+    admin.stop().await;
+    served?;
     tracing::info!("echo service stopped");
     Ok(())
 }
@@ -128,5 +241,42 @@ mod tests {
         let started = tokio::time::Instant::now();
         handle(request(r#"{"sleep_ms":1500}"#)).await.unwrap();
         assert!(started.elapsed() >= Duration::from_millis(1500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancellation_stops_the_sleep_without_a_reply() {
+        let command = request(r#"{"sleep_ms":60000}"#);
+        let cancel = command.cancelled.clone();
+        let started = tokio::time::Instant::now();
+        let handled = tokio::spawn(handle(command));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        cancel.cancel();
+        let error = handled.await.unwrap().expect_err("cancelled, not answered");
+        assert!(error.downcast_ref::<Cancelled>().is_some(), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn lanes_replace_topics_and_bad_settings_are_named() {
+        let s = Settings::default();
+        assert!(s.validate().is_ok());
+        assert_eq!(s.served_lanes(), [["echo.requests"]]);
+        let lanes = Settings {
+            lanes: vec![vec!["urgent".into()], vec!["bulk".into(), "more".into()]],
+            ..Settings::default()
+        };
+        assert!(lanes.validate().is_ok());
+        assert_eq!(lanes.served_lanes(), lanes.lanes);
+        let bad = |change: fn(&mut Settings)| {
+            let mut s = Settings::default();
+            change(&mut s);
+            s.validate().expect_err("invalid").setting
+        };
+        assert_eq!(bad(|s| s.lower_lane_share = 0.0), "lower_lane_share");
+        assert_eq!(bad(|s| s.lower_lane_share = 0.6), "lower_lane_share");
+        assert_eq!(bad(|s| s.max_queued = 0), "max_queued");
+        assert_eq!(bad(|s| s.lanes = vec![vec![]]), "lanes");
+        assert_eq!(bad(|s| s.topics = vec!["a b".into()]), "topics");
+        assert_eq!(bad(|s| s.topics.clear()), "topics");
     }
 }

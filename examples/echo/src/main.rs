@@ -8,7 +8,8 @@ use replyway_echo::Settings;
 use replyway_shared::{service, settings};
 
 /// Replyway echo demo service: replies with the request body; a JSON body with
-/// "status": N replies with that status, with "sleep_ms": N waits first.
+/// "status": N replies with that status, with "sleep_ms": N waits first (and
+/// stops without a reply when the command is cancelled meanwhile).
 ///
 /// Settings: defaults, then the TOML file, then REPLYWAY_<SECTION>__<KEY>
 /// environment variables (e.g. REPLYWAY_KAFKA__BROKERS).
@@ -27,7 +28,10 @@ async fn main() {
         "echo service",
         args.config.as_deref(),
         |_: &mut Settings| {},
-        Ok,
+        |settings: Settings| {
+            settings.validate()?;
+            Ok(settings)
+        },
         |settings, stop| async move { replyway_echo::run(&settings, stop).await },
     )
     .await;

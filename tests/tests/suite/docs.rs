@@ -523,10 +523,10 @@ fn redis_page_names_every_key_channel_and_script() {
         ("channel", keys.channel("<node-id>")),
         ("channel_prefix", keys.channel_prefix()),
     ];
-    let store = read("shared/src/store.rs");
+    let store = read("shared/src/store/mod.rs");
     let start = store
         .find("impl Keys {")
-        .unwrap_or_else(|| panic!("no `impl Keys {{` in shared/src/store.rs"));
+        .unwrap_or_else(|| panic!("no `impl Keys {{` in shared/src/store/mod.rs"));
     let block = &store[start..];
     let block = &block[..block.find("\n}").unwrap_or(block.len())];
     let methods: BTreeSet<&str> = words_after(block, "pub fn ")
@@ -585,7 +585,7 @@ fn redis_page_names_every_key_channel_and_script() {
     }
     assert!(
         problems.is_empty(),
-        "docs/redis.md and shared/src/store.rs differ:\n  {}",
+        "docs/redis.md and shared/src/store/ differ:\n  {}",
         problems.join("\n  ")
     );
 }

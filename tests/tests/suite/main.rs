@@ -3,6 +3,7 @@
 //! binary's broker (`Broker::shared`); those that stop or restart a broker
 //! start their own.
 
+mod cancellation;
 mod compose;
 mod docs;
 mod faults;
@@ -11,11 +12,13 @@ mod guarantees_http;
 mod guarantees_security;
 mod idempotency;
 mod kafka_faults;
+mod lanes;
 mod ledger;
 mod operations;
 mod python_service;
 mod request_reply;
 mod responders;
+mod route_intent;
 mod schemas;
 mod sdk;
 mod security;
