@@ -557,6 +557,43 @@ mod tests {
     }
 
     #[test]
+    fn a_route_names_its_topic_or_its_lanes() {
+        let lanes: BTreeMap<String, String> = [
+            ("high".to_owned(), "t.high".to_owned()),
+            ("low".to_owned(), "t".to_owned()),
+        ]
+        .into();
+        let with_lanes = RouteConfig {
+            topic: String::new(),
+            lanes: lanes.clone(),
+            default_lane: Some("low".into()),
+            ..config("POST", "/o", "{correlation_id}")
+        };
+        let route = Route::from_config(0, &with_lanes).unwrap();
+        assert_eq!(route.topic, "t", "the default lane's topic");
+        let error = |c: &RouteConfig| Route::from_config(3, c).unwrap_err().to_string();
+        let both = RouteConfig {
+            topic: "t".into(),
+            ..with_lanes.clone()
+        };
+        assert!(error(&both).contains("routes[3].topic"), "{}", error(&both));
+        let stray = RouteConfig {
+            default_lane: Some("low".into()),
+            ..config("POST", "/o", "{correlation_id}")
+        };
+        assert!(
+            error(&stray).contains("routes[3].lanes"),
+            "{}",
+            error(&stray)
+        );
+        let none = RouteConfig {
+            topic: String::new(),
+            ..config("POST", "/o", "{correlation_id}")
+        };
+        assert!(error(&none).contains("routes[3].topic"), "{}", error(&none));
+    }
+
+    #[test]
     fn conflicts_name_both_routes() {
         let conflict = |routes: &[RouteConfig]| RouteTable::new(routes).unwrap_err();
         let twice = conflict(&[

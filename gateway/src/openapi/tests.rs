@@ -410,3 +410,78 @@ fn a_routes_schema_is_its_request_body() {
     assert!(other["requestBody"]["content"]["*/*"].is_object());
     assert!(other["responses"]["415"].is_null());
 }
+
+#[test]
+fn cancellation_lanes_and_reply_schemas_are_described() {
+    let mut settings = settings();
+    settings.routes.push(RouteConfig {
+        topic: String::new(),
+        lanes: [
+            ("high".to_owned(), "orders.high".to_owned()),
+            ("low".to_owned(), "orders".to_owned()),
+        ]
+        .into(),
+        default_lane: Some("low".into()),
+        lane_rules: vec![crate::lanes::LaneRuleConfig {
+            lane: "high".into(),
+            priority: Some("0-2".into()),
+            ..crate::lanes::LaneRuleConfig::default()
+        }],
+        on_disconnect: crate::routes::OnDisconnect::Keep,
+        ..route("POST", "/orders")
+    });
+    let routes = settings.route_table().unwrap();
+    let doc: Value = serde_json::from_slice(&document(&routes, &settings)).unwrap();
+
+    let delete = &doc["paths"]["/v1/replies/{id}"]["delete"];
+    assert_eq!(delete["operationId"], "cancelRequest");
+    for status in ["202", "400", "404", "409", "503", "401"] {
+        assert!(delete["responses"][status].is_object(), "DELETE {status}");
+    }
+    assert_eq!(
+        delete["responses"]["202"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/PendingReply"
+    );
+    let statuses = &doc["components"]["schemas"]["PendingReply"]["properties"]["status"]["enum"];
+    assert_eq!(statuses, &json!(["pending", "cancelled"]));
+
+    let orders = &doc["paths"]["/orders"]["post"];
+    let priority = orders["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "priority")
+        .expect("a route whose lanes read Priority documents it");
+    assert!(
+        priority["description"]
+            .as_str()
+            .unwrap()
+            .contains("RFC 9218")
+    );
+    let description = orders["description"].as_str().unwrap();
+    assert!(
+        description.contains("`high` (topic `orders.high`)"),
+        "{description}"
+    );
+    assert!(
+        description.contains("leaves the command to be served"),
+        "{description}"
+    );
+    // Only routes with a reply schema answer 502 invalid-reply.
+    assert!(orders["responses"]["502"].is_null());
+    let ledger = &doc["paths"]["/ledger/transfers"]["post"];
+    assert!(
+        ledger["responses"]["502"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("invalid-reply")
+    );
+    // A route without lanes takes no Priority parameter.
+    assert!(
+        !ledger["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "priority")
+    );
+}
