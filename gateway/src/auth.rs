@@ -3,7 +3,7 @@
 //! configuration or a JWKS file). Each route says which it accepts and which
 //! scopes it requires.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use axum::http::HeaderMap;
@@ -113,7 +113,13 @@ pub struct Principal {
     pub id: String,
     /// Its scopes.
     pub scopes: HashSet<String>,
+    /// A JWT's top-level claims of a string, number or boolean value, as
+    /// text (at most [`MAX_CLAIMS`], each at most 256 bytes); none for an API key.
+    pub claims: BTreeMap<String, String>,
 }
+
+/// Most claims of a JWT kept for lane rules.
+pub const MAX_CLAIMS: usize = 32;
 
 /// Why a request is not let in.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -198,6 +204,7 @@ impl Authenticator {
                 Principal {
                     id: k.id.clone(),
                     scopes: k.scopes.iter().cloned().collect(),
+                    claims: BTreeMap::new(),
                 },
             ));
         }
@@ -465,7 +472,22 @@ fn principal_of(claims: &serde_json::Value, claim: &str) -> Result<Principal, Au
     if let Some(list) = claims.get("scp").and_then(serde_json::Value::as_array) {
         scopes.extend(list.iter().filter_map(|v| v.as_str().map(str::to_owned)));
     }
-    Ok(Principal { id, scopes })
+    let claims = claims
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(name, value)| {
+            let text = match value {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                _ => return None,
+            };
+            (name.len() <= 256 && text.len() <= 256).then(|| (name.clone(), text))
+        })
+        .take(MAX_CLAIMS)
+        .collect();
+    Ok(Principal { id, scopes, claims })
 }
 
 #[cfg(test)]
@@ -483,6 +505,26 @@ mod tests {
             h.insert(*k, HeaderValue::from_str(v).unwrap());
         }
         h
+    }
+
+    #[test]
+    fn a_jwts_plain_claims_are_kept_bounded() {
+        let mut claims = serde_json::json!({
+            "sub": "c-7", "scope": "a b", "tier": "gold", "level": 3, "vip": true,
+            "nested": { "x": 1 }, "list": [1], "long": "x".repeat(300),
+        });
+        let principal = principal_of(&claims, "sub").unwrap();
+        assert_eq!(principal.claims["tier"], "gold");
+        assert_eq!(principal.claims["level"], "3");
+        assert_eq!(principal.claims["vip"], "true");
+        for dropped in ["nested", "list", "long"] {
+            assert!(!principal.claims.contains_key(dropped), "{dropped}");
+        }
+        for n in 0..100 {
+            claims[format!("c{n}")] = serde_json::json!("v");
+        }
+        let principal = principal_of(&claims, "sub").unwrap();
+        assert_eq!(principal.claims.len(), MAX_CLAIMS);
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! and rules tried in order (`lane_rules`), the first that matches wins. A rule
 //! matches on any of: the urgency of the request's `Priority` header (RFC 9218:
 //! `u=0` most urgent … `u=7`, `u=3` when absent or unparsable), the caller's
-//! principal, one of the caller's scopes, or a request header's value; all the
-//! conditions a rule names must hold. The service serves the lanes' topics in
+//! principal, one of the caller's scopes, a claim of the caller's JWT, or a
+//! request header's value; all the conditions a rule names must hold. The service serves the lanes' topics in
 //! order (`Responder::with_lanes`).
 
 use std::collections::BTreeMap;
@@ -43,6 +43,20 @@ pub struct LaneRuleConfig {
     /// … with this value (any value when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
+    /// A claim of the caller's JWT (a string, number or boolean).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<ClaimRule>,
+}
+
+/// A JWT claim a lane rule matches: `claim = { name = "tier", value = "gold" }`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRule {
+    /// The claim's name.
+    pub name: String,
+    /// Its value as text (`"true"`, `"3"`); any value when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 /// A checked rule.
@@ -53,6 +67,7 @@ struct Rule {
     principal: Option<String>,
     scope: Option<String>,
     header: Option<(HeaderName, Option<String>)>,
+    claim: Option<ClaimRule>,
 }
 
 /// A route's lanes, checked.
@@ -185,8 +200,18 @@ impl Rule {
             (None, Some(_)) => return Err("`value` needs `header`".into()),
             (None, None) => None,
         };
-        if urgency.is_none() && c.principal.is_none() && c.scope.is_none() && header.is_none() {
-            return Err("a rule needs a condition: priority, principal, scope or header".into());
+        if urgency.is_none()
+            && c.principal.is_none()
+            && c.scope.is_none()
+            && header.is_none()
+            && c.claim.is_none()
+        {
+            return Err(
+                "a rule needs a condition: priority, principal, scope, claim or header".into(),
+            );
+        }
+        if c.claim.as_ref().is_some_and(|claim| claim.name.is_empty()) {
+            return Err("a claim needs a name".into());
         }
         Ok(Self {
             lane,
@@ -194,6 +219,7 @@ impl Rule {
             principal: c.principal.clone(),
             scope: c.scope.clone(),
             header,
+            claim: c.claim.clone(),
         })
     }
 
@@ -208,6 +234,11 @@ impl Rule {
                 .scope
                 .as_ref()
                 .is_none_or(|s| principal.is_some_and(|c| c.scopes.contains(s)))
+            && self.claim.as_ref().is_none_or(|want| {
+                principal
+                    .and_then(|c| c.claims.get(&want.name))
+                    .is_some_and(|got| want.value.as_ref().is_none_or(|v| v == got))
+            })
             && self.header.as_ref().is_none_or(|(name, value)| {
                 headers.get_all(name).iter().any(|v| {
                     value
@@ -329,8 +360,37 @@ mod tests {
         let urgent = Principal {
             id: "ops".into(),
             scopes: ["urgent".to_owned()].into(),
+            claims: BTreeMap::new(),
         };
         assert_eq!(pick(&headers(&[]), Some(&urgent)), "orders.high");
+        let gold = Principal {
+            id: "c-7".into(),
+            scopes: Default::default(),
+            claims: [("tier".to_owned(), "gold".to_owned())].into(),
+        };
+        let silver = Principal {
+            claims: [("tier".to_owned(), "silver".to_owned())].into(),
+            ..gold.clone()
+        };
+        let by_claim = Lanes::parse(
+            &BTreeMap::from([
+                ("high".to_owned(), "orders.high".to_owned()),
+                ("low".to_owned(), "orders".to_owned()),
+            ]),
+            Some("low"),
+            &[LaneRuleConfig {
+                claim: Some(ClaimRule {
+                    name: "tier".into(),
+                    value: Some("gold".into()),
+                }),
+                ..rule("high")
+            }],
+            &|f| f.to_owned(),
+        )
+        .unwrap();
+        let topic = |p: &Principal| by_claim.get(by_claim.pick(&headers(&[]), Some(p))).topic;
+        assert_eq!(topic(&gold), "orders.high");
+        assert_eq!(topic(&silver), "orders");
     }
 
     #[test]

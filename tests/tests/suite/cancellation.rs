@@ -52,13 +52,16 @@ async fn until_echo_metric(stack: &Stack, name: &str, n: f64, within: Duration) 
     eventually(within, || async { echo_metric(stack, name).await >= n }).await
 }
 
-/// A request sent by a client that gives up after `after`: its connection
-/// is closed, the gateway's answer dropped.
-async fn give_up(stack: &Stack, body: &'static str, after: Duration) {
-    let client = reqwest::Client::builder()
-        .timeout(after)
-        .build()
-        .expect("a client");
+/// A request sent by a client that gives up after `after`: over HTTP/1.1 its
+/// connection is closed, over HTTP/2 (`h2`) its stream is reset
+/// (`RST_STREAM`) and the connection kept; either way the gateway's answer
+/// is dropped.
+async fn give_up_over(stack: &Stack, body: &'static str, after: Duration, h2: bool) {
+    let mut client = reqwest::Client::builder().timeout(after);
+    if h2 {
+        client = client.http2_prior_knowledge();
+    }
+    let client = client.build().expect("a client");
     let sent = client
         .post(stack.url(0, "/echo"))
         .header("content-type", "application/json")
@@ -69,6 +72,11 @@ async fn give_up(stack: &Stack, body: &'static str, after: Duration) {
         sent.as_ref().is_err_and(reqwest::Error::is_timeout),
         "the client was to give up before the reply: {sent:?}"
     );
+}
+
+/// [`give_up_over`] HTTP/1.1.
+async fn give_up(stack: &Stack, body: &'static str, after: Duration) {
+    give_up_over(stack, body, after, false).await;
 }
 
 /// The ids of the stack's pending requests marked cancelled.
@@ -162,12 +170,29 @@ async fn a_running_handler_that_watches_its_token_stops_early() -> TestResult {
     let stack = Stack::start(StackOptions::default()).await?;
     let stopped = "replyway_responder_interrupted_total";
     let before = echo_metric(&stack, stopped).await;
-    // Echo would sleep 20 s; the client leaves after 0.5 s.
-    give_up(&stack, r#"{"sleep_ms":20000}"#, Duration::from_millis(500)).await;
-    assert!(
-        until_echo_metric(&stack, stopped, before + 1.0, Duration::from_secs(10)).await,
-        "the echo handler did not stop when its command was cancelled"
-    );
+    // Echo would sleep 20 s; the client leaves after 0.5 s: by closing its
+    // connection, then by resetting its HTTP/2 stream.
+    for (n, h2) in [(1.0, false), (2.0, true)] {
+        give_up_over(
+            &stack,
+            r#"{"sleep_ms":20000}"#,
+            Duration::from_millis(500),
+            h2,
+        )
+        .await;
+        assert!(
+            until_echo_metric(&stack, stopped, before + n, Duration::from_secs(10)).await,
+            "the echo handler did not stop when its command was cancelled (h2: {h2})"
+        );
+    }
+    let cancelled = stack
+        .metric_sum(
+            &stack.gateway_admin[0],
+            "replyway_gateway_cancellations_total",
+            &[("reason", "disconnect")],
+        )
+        .await;
+    assert_eq!(cancelled, Some(2.0));
     assert_eq!(echo_metric(&stack, "replyway_responder_running").await, 0.0);
     stack.shutdown().await
 }
