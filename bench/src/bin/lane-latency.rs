@@ -2,8 +2,8 @@
 //! Kafka → echo → collector → Redis → HTTP, on Apache Kafka and Redis started
 //! here. The echo service handles 4 commands at once, 5 ms each; 4 000
 //! low-lane commands are produced at once, then 30 high-lane requests are
-//! sent one after another through a route whose `Priority: u=0` picks the
-//! high lane. Twice: the service serving the two topics as lanes
+//! sent, one every 50 ms (so all while the flood is served), through a route
+//! whose `Priority: u=0` picks the high lane. Twice: the service serving the two topics as lanes
 //! (`Responder::with_lanes`), and as one lane (`Responder::new`). Prints each
 //! run's latencies and how many low-lane commands were still waiting when the
 //! last high-lane request was answered.
@@ -25,6 +25,8 @@ const FLOOD: usize = 4_000;
 const PROBES: usize = 30;
 const SERVICE_MS: u64 = 5;
 const IN_FLIGHT: usize = 4;
+/// Time between two high-lane requests.
+const PACE: Duration = Duration::from_millis(50);
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
@@ -51,7 +53,8 @@ async fn main() -> anyhow::Result<()> {
     }];
     let (base, stop) = spawn_gateway(settings).await?;
     println!(
-        "{FLOOD} low-lane commands at once, then {PROBES} high-lane requests one after another; the service handles {IN_FLIGHT} at once, {SERVICE_MS} ms each"
+        "{FLOOD} low-lane commands at once, then {PROBES} high-lane requests, one every {} ms; the service handles {IN_FLIGHT} at once, {SERVICE_MS} ms each",
+        PACE.as_millis()
     );
     for (mode, lanes) in [
         (
@@ -114,18 +117,26 @@ async fn main() -> anyhow::Result<()> {
             sent?;
         }
 
+        // The probes go out at a fixed pace while the flood is served, each
+        // on its own, so that every one of them meets the backlog.
+        let probes = (0..PROBES).map(|n| {
+            let (http, url, body) = (stack.http.clone(), format!("{base}/orders"), body.clone());
+            async move {
+                tokio::time::sleep(PACE * u32::try_from(n).unwrap_or(0)).await;
+                let started = Instant::now();
+                let answer = http
+                    .post(url)
+                    .header("priority", "u=0")
+                    .body(body)
+                    .send()
+                    .await?;
+                anyhow::ensure!(answer.status() == 200, "{}", answer.status());
+                anyhow::Ok(started.elapsed())
+            }
+        });
         let mut latencies = Vec::with_capacity(PROBES);
-        for _ in 0..PROBES {
-            let started = Instant::now();
-            let answer = stack
-                .http
-                .post(format!("{base}/orders"))
-                .header("priority", "u=0")
-                .body(body.clone())
-                .send()
-                .await?;
-            anyhow::ensure!(answer.status() == 200, "{mode}: {}", answer.status());
-            latencies.push(started.elapsed());
+        for probe in futures::future::join_all(probes).await {
+            latencies.push(probe?);
         }
         let waiting = (before + FLOOD + PROBES).saturating_sub(replied().await);
         let drained = eventually(Duration::from_secs(120), || async {
