@@ -41,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         "/v1/replies/{id}",
         get(crate::pickup::get_reply).delete(crate::cancel::delete_reply),
     )
+    .route("/v1/ws", get(crate::websocket::upgrade))
     .route("/healthz", get(crate::health::healthz))
     .route("/readyz", get(crate::health::readyz))
     .route("/openapi.json", get(openapi))

@@ -325,6 +325,11 @@ impl Authenticator {
         }
     }
 
+    /// The header API keys come in.
+    pub fn api_key_header(&self) -> axum::http::HeaderName {
+        self.api_key_header.clone()
+    }
+
     /// Authenticates a request for a route that accepts `mode` and requires
     /// `scopes`. `Ok(None)` for a route open to anyone.
     ///

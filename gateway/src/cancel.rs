@@ -78,9 +78,10 @@ pub struct OnDisconnect {
 
 impl OnDisconnect {
     /// A guard for request `id` of `route`; unarmed when the route keeps
-    /// commands of clients that went away.
-    pub fn new(state: &AppState, route: &Arc<Route>, id: &str) -> Self {
-        let armed = (route.on_disconnect == crate::routes::OnDisconnect::Cancel)
+    /// commands of clients that went away, or the request does (`keep`: a
+    /// WebSocket's command).
+    pub fn new(state: &AppState, route: &Arc<Route>, id: &str, keep: bool) -> Self {
+        let armed = (!keep && route.on_disconnect == crate::routes::OnDisconnect::Cancel)
             .then(|| (state.clone(), Arc::clone(route), id.to_owned()));
         Self { armed }
     }

@@ -83,6 +83,8 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     /// Logging.
     pub log: LogSettings,
+    /// Commands over a WebSocket (`GET /v1/ws`).
+    pub websocket: crate::websocket::WebSocketSettings,
     /// The routes.
     pub routes: Vec<RouteConfig>,
 }
@@ -112,6 +114,7 @@ impl Default for Settings {
             redis: RedisSettings::default(),
             kafka: KafkaSettings::default(),
             log: LogSettings::default(),
+            websocket: crate::websocket::WebSocketSettings::default(),
             routes: Vec::new(),
         }
     }

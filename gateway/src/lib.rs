@@ -32,6 +32,7 @@ pub mod server;
 pub mod serving;
 pub mod state;
 pub mod tls;
+pub mod websocket;
 
 use std::sync::Arc;
 

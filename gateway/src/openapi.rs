@@ -61,6 +61,12 @@ pub fn openapi(routes: &RouteTable, settings: &Settings) -> OpenApi {
             "/openapi.json",
             PathItem::new(HttpMethod::Get, own::openapi()),
         );
+    if settings.websocket.enabled {
+        paths = paths.path(
+            "/v1/ws",
+            PathItem::new(HttpMethod::Get, own::websocket(settings)),
+        );
+    }
 
     // Routes the document cannot describe as operations, said in prose.
     let mut notes = Vec::new();

@@ -443,7 +443,13 @@ fn parse_key(template: &str, names: &HashSet<String>) -> Result<Vec<KeyPart>, St
 }
 
 /// Paths the gateway serves itself: no configured route may take them.
-pub const OWN_PATHS: &[&str] = &["/healthz", "/readyz", "/openapi.json", "/v1/replies/{id}"];
+pub const OWN_PATHS: &[&str] = &[
+    "/healthz",
+    "/readyz",
+    "/openapi.json",
+    "/v1/replies/{id}",
+    "/v1/ws",
+];
 
 /// All routes, validated, with no two that axum's router could not tell apart.
 #[derive(Debug, Clone, Default)]

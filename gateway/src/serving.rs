@@ -38,6 +38,7 @@ use crate::ratelimit::{self, RateInfo, Refused};
 use crate::reply::{pending_response, route_reply};
 use crate::routes::Route;
 use crate::state::AppState;
+use crate::websocket::{KeepOnDisconnect, ProducedNotice};
 
 /// A configured route as the tower service axum routes its requests to.
 ///
@@ -125,10 +126,15 @@ async fn answer(
     let (submitted, rate) = submission.await?;
     let mut response = match submitted {
         Submitted::Answered(response) => response,
-        Submitted::Waiting { id, produced, wait } => {
+        Submitted::Waiting {
+            id,
+            produced,
+            wait,
+            keep,
+        } => {
             let started = std::time::Instant::now();
             // Dropped armed only when this future is: the client went away.
-            let on_disconnect = OnDisconnect::new(state, route, &id);
+            let on_disconnect = OnDisconnect::new(state, route, &id, keep);
             let reply = state.within_grace(produced.reply(wait)).await;
             on_disconnect.disarm();
             // How long it waited: the whole wait, or until the grace ran out.
@@ -154,6 +160,8 @@ enum Submitted {
         id: String,
         produced: Produced,
         wait: Duration,
+        /// Not cancelled when the client goes away.
+        keep: bool,
     },
 }
 
@@ -182,6 +190,10 @@ struct Ready {
     principal: Option<String>,
     /// The route's lane the command goes to, when it has lanes.
     lane: Option<usize>,
+    /// Told the correlation id once the command is produced.
+    notice: Option<ProducedNotice>,
+    /// Not cancelled when the client goes away.
+    keep: bool,
     prefer: Prefer,
     wait: Duration,
     /// The place among the waiting requests, when the request waits.
@@ -199,6 +211,10 @@ async fn prepare(
 ) -> Result<Prepared, GatewayError> {
     let (prefer, mut ticket) = admit(state, route, request.headers())?;
     let (mut parts, body) = request.into_parts();
+    // A command from a WebSocket's frame: told when produced, and not
+    // cancelled when the socket goes (see `websocket`).
+    let notice = parts.extensions.remove::<ProducedNotice>();
+    let keep = parts.extensions.get::<KeepOnDisconnect>().is_some();
     let params = match RawPathParams::from_request_parts(&mut parts, &()).await {
         Ok(matched) => route.params(&matched),
         Err(RawPathParamsRejection::MissingPathParams(_)) => BTreeMap::new(),
@@ -273,6 +289,8 @@ async fn prepare(
         },
         principal,
         lane,
+        notice,
+        keep,
         prefer,
         wait,
         ticket,
@@ -373,6 +391,8 @@ fn produce<'a>(
         record,
         principal,
         lane,
+        notice,
+        keep,
         prefer,
         wait,
         ticket,
@@ -412,6 +432,9 @@ fn produce<'a>(
                     });
                 }
             };
+            if let Some(notice) = &notice {
+                notice.tell(&id);
+            }
             if let Some(lane) = lane {
                 state
                     .metrics
@@ -433,7 +456,15 @@ fn produce<'a>(
                 );
                 return Ok((Submitted::Answered(response), rate));
             }
-            Ok((Submitted::Waiting { id, produced, wait }, rate))
+            Ok((
+                Submitted::Waiting {
+                    id,
+                    produced,
+                    wait,
+                    keep,
+                },
+                rate,
+            ))
         })
 }
 

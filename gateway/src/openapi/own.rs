@@ -155,6 +155,44 @@ pub(super) fn delete_reply(settings: &Settings) -> Operation {
     operation.build()
 }
 
+/// `GET /v1/ws`, with `websocket.enabled`.
+pub(super) fn websocket(settings: &Settings) -> Operation {
+    let ws = &settings.websocket;
+    let mut operation = own(
+        "Commands over a WebSocket",
+        format!(
+            "Upgrades (HTTP/1.1 `Upgrade: websocket`) to a socket on which the client sends commands as JSON text frames `{{\"id\", \"route\": \"METHOD /path\", \"headers\", \"body\"}}` — each run through the same routes, authentication (the upgrade request's credentials), rate limits and schemas as an HTTP request — and receives `accepted` (with the correlation id), `reply` (status, headers, body) and `error` frames, matched by `id`. At most {} commands of a socket in flight (then no frame is read until one is answered); frames of at most {} bytes; a ping every {}. A socket that drops cancels nothing: each reply stays fetchable at `/v1/replies/{{correlation_id}}`.",
+            ws.max_in_flight,
+            ws.max_frame_bytes,
+            human(ws.ping_interval)
+        ),
+        "websocket",
+    )
+    .response(
+        "101",
+        ResponseBuilder::new().description("Switching Protocols: the socket is open."),
+    )
+    .response(
+        "400",
+        problem_response(
+            "Not a WebSocket upgrade (`bad-request`).",
+            &[ProblemKind::BadRequest],
+            Vec::new(),
+        ),
+    );
+    if !settings.auth.api_keys.is_empty() || settings.auth.jwt.is_some() {
+        operation = operation.response(
+            "401",
+            problem_response(
+                "Credentials were sent that do not check out as an API key or a JWT (`unauthenticated`); no socket.",
+                &[ProblemKind::Unauthenticated],
+                challenge_headers(),
+            ),
+        );
+    }
+    operation.build()
+}
+
 /// The `{id}` path parameter of `/v1/replies/{id}`.
 fn id_parameter() -> ParameterBuilder {
     ParameterBuilder::new()

@@ -430,8 +430,18 @@ fn cancellation_lanes_and_reply_schemas_are_described() {
         on_disconnect: crate::routes::OnDisconnect::Keep,
         ..route("POST", "/orders")
     });
+    settings.websocket.enabled = true;
     let routes = settings.route_table().unwrap();
     let doc: Value = serde_json::from_slice(&document(&routes, &settings)).unwrap();
+    let ws = &doc["paths"]["/v1/ws"]["get"];
+    assert!(ws["responses"]["101"].is_object(), "{ws}");
+    assert!(
+        ws["description"]
+            .as_str()
+            .unwrap()
+            .contains("At most 64 commands")
+    );
+    assert!(self::doc()["paths"]["/v1/ws"].is_null(), "off by default");
 
     let delete = &doc["paths"]["/v1/replies/{id}"]["delete"];
     assert_eq!(delete["operationId"], "cancelRequest");

@@ -22,3 +22,4 @@ mod route_intent;
 mod schemas;
 mod sdk;
 mod security;
+mod websocket;
