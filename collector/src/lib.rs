@@ -248,6 +248,7 @@ impl Collector {
                     replies.push(ReplyToStore {
                         id,
                         encoded: encode_reply(&reply),
+                        part: reply.part.map(|part| (part, reply.last)),
                     });
                 }
                 Err(e) => {

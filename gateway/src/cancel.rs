@@ -163,6 +163,10 @@ async fn cancel_request(
             return Err(GatewayError::AlreadyAnswered(id));
         }
         Lookup::Pending(pending) if owns(state, Some(&pending), caller.as_deref()) => pending,
+        // Streaming: the service may still be told to stop.
+        Lookup::Streamed(Some(pending)) if owns(state, Some(&pending), caller.as_deref()) => {
+            pending
+        }
         _ => return Err(GatewayError::UnknownReply(id)),
     };
     match cancel(state, &pending.route, &id, Reason::Delete).await {

@@ -51,6 +51,9 @@ pub struct Settings {
     /// Most requests in flight on one HTTP/2 connection (clients that speak
     /// HTTP/2 without TLS, "h2c", share one connection among many requests).
     pub http2_max_streams: u32,
+    /// Longest a streamed reply may take from its first part to its last.
+    #[serde(with = "humantime_serde")]
+    pub max_stream_duration: Duration,
     /// After SIGTERM: how long requests in flight may still be answered before
     /// the remaining connections are closed.
     #[serde(with = "humantime_serde")]
@@ -85,6 +88,9 @@ pub struct Settings {
     pub log: LogSettings,
     /// Commands over a WebSocket (`GET /v1/ws`).
     pub websocket: crate::websocket::WebSocketSettings,
+    /// Callbacks (webhooks): the signing secret, the retry schedule and the
+    /// delivery worker's bounds (routes choose with `callbacks`).
+    pub callbacks: crate::callbacks::CallbackSettings,
     /// The routes.
     pub routes: Vec<RouteConfig>,
 }
@@ -102,6 +108,7 @@ impl Default for Settings {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
+            max_stream_duration: Duration::from_secs(600),
             http2_max_streams: 1000,
             max_header_bytes: 16 * 1024,
             tls: None,
@@ -115,6 +122,7 @@ impl Default for Settings {
             kafka: KafkaSettings::default(),
             log: LogSettings::default(),
             websocket: crate::websocket::WebSocketSettings::default(),
+            callbacks: crate::callbacks::CallbackSettings::default(),
             routes: Vec::new(),
         }
     }
@@ -227,6 +235,8 @@ impl Settings {
             ));
         }
         check_header_name("client_ip_header", self.client_ip_header.as_deref())?;
+        let callbacks = routes.routes().iter().any(|r| r.callbacks.is_some());
+        self.callbacks.check(callbacks)?;
         Ok(routes)
     }
 

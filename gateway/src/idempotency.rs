@@ -229,7 +229,15 @@ async fn follow(
         respond_async,
         wait,
     } = following;
-    let answer = |reply: &replyway_shared::Reply| route_reply(state, &id, reply, Some(route));
+    // A retry of a streamed reply is answered `202`: its stream is at
+    // `GET /v1/replies/{id}`.
+    let answer = |reply: &replyway_shared::Reply| {
+        if reply.part.is_some() {
+            Ok(pending_response(&id))
+        } else {
+            route_reply(state, &id, reply, Some(route))
+        }
+    };
     let store = state.node.store();
     if respond_async {
         return match store.lookup(&id, None).await.map_err(GatewayError::Redis)? {

@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod callbacks;
 pub mod cancel;
 pub mod config;
 pub mod digest;
@@ -31,6 +32,7 @@ pub mod schema;
 pub mod server;
 pub mod serving;
 pub mod state;
+pub mod stream;
 pub mod tls;
 pub mod websocket;
 
@@ -82,6 +84,7 @@ pub async fn run(
         state.settings.responder_check_interval,
         stop_watch.clone(),
     ));
+    let callbacks = callbacks::worker::spawn(&state, stop_watch.clone());
     tracing::info!(
         %listen,
         admin = %admin_addr.map_or_else(|| "-".to_owned(), |a| a.to_string()),
@@ -93,7 +96,7 @@ pub async fn run(
     );
     server::serve(
         listener,
-        router(state.clone()),
+        callbacks::visibility::layer(router(state.clone()), &state),
         state.tls.clone(),
         &state.settings,
         &shutdown,
@@ -102,6 +105,9 @@ pub async fn run(
     .await;
     stop_watch.cancel();
     let _ = responders.await;
+    if let Some(callbacks) = callbacks {
+        let _ = callbacks.await;
+    }
     state.node.stop().await;
     admin.stop().await;
     tracing::info!("gateway stopped");

@@ -50,6 +50,13 @@ pub struct LaneLabel {
     pub lane: String,
 }
 
+/// Labels of a callback count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// What happened (a fixed set of words per metric).
+    pub outcome: &'static str,
+}
+
 type HistogramFamily = Family<RouteLabel, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -72,6 +79,10 @@ pub struct Metrics {
     pub invalid_replies: Family<RouteLabel, Counter>,
     /// Commands produced per lane, by route and lane.
     pub lane_commands: Family<LaneLabel, Counter>,
+    /// Callback deliveries by outcome (`delivered`, `retried`, `failed`, `dropped`).
+    pub callback_deliveries: Family<OutcomeLabel, Counter>,
+    /// Callback attempts by result (`2xx`, `3xx`, `4xx`, `5xx`, `timeout`, `refused`, `error`).
+    pub callback_attempts: Family<OutcomeLabel, Counter>,
     /// Failed Redis operations.
     pub redis_errors: Counter,
     /// Commands Kafka did not take or acknowledge.
@@ -151,6 +162,8 @@ impl Metrics {
             cancellations: Family::default(),
             invalid_replies: Family::default(),
             lane_commands: Family::default(),
+            callback_deliveries: Family::default(),
+            callback_attempts: Family::default(),
             redis_errors: Counter::default(),
             kafka_errors: Counter::default(),
         };
@@ -183,6 +196,16 @@ impl Metrics {
             "lane_commands",
             "Commands produced to each lane of routes with lanes, by route and lane.",
             metrics.lane_commands.clone(),
+        );
+        registry.register(
+            "callback_deliveries",
+            "Callback deliveries ended or put off, by outcome: delivered (the receiver answered 2xx), retried (an attempt failed, a retry is due later), failed (the schedule ran out, or the delivery cannot be made), dropped (its callback record was gone).",
+            metrics.callback_deliveries.clone(),
+        );
+        registry.register(
+            "callback_attempts",
+            "Callback attempts by result: 2xx, 3xx (redirects are not followed), 4xx, 5xx, timeout, refused (the URL's address is not allowed) or error (no answer).",
+            metrics.callback_attempts.clone(),
         );
         registry.register(
             "redis_errors",

@@ -17,6 +17,7 @@ use crate::prefer::Prefer;
 use crate::problem::GatewayError;
 use crate::reply::{cancelled_response, pending_response, route_reply};
 use crate::state::AppState;
+use crate::stream::{Delivery, Streamed};
 
 /// Route label of `GET /v1/replies/{id}` in logs and metrics.
 pub const REPLIES_ROUTE: &str = "replies";
@@ -60,16 +61,19 @@ async fn lookup(
         .wait
         .map(|w| w.min(state.settings.max_poll_wait))
         .filter(|w| !w.is_zero());
-    // A long-poll takes its place among the waiting requests before asking Redis.
-    let mut waiter = match wait {
-        Some(_) => Some(
+    let delivery = Delivery::of(headers);
+    let after = crate::stream::last_event_id(headers)?;
+    // A long-poll, or a client that takes a stream, takes its place among
+    // the waiting requests before asking Redis.
+    let mut waiter = match wait.is_some() || delivery.streams() {
+        true => Some(
             state
                 .node
                 .admit()
                 .map_err(|_| GatewayError::Overloaded)?
                 .register(&id),
         ),
-        None => None,
+        false => None,
     };
     let caller = state
         .auth
@@ -86,6 +90,7 @@ async fn lookup(
     let lookup = match lookup {
         Lookup::Reply(_, ref pending) if !owns(state, pending.as_ref(), caller) => Lookup::Unknown,
         Lookup::Pending(ref pending) if !owns(state, Some(pending), caller) => Lookup::Unknown,
+        Lookup::Streamed(ref pending) if !owns(state, pending.as_ref(), caller) => Lookup::Unknown,
         other => other,
     };
     let route = |name: Option<&str>| name.and_then(|name| state.routes.named(name));
@@ -104,18 +109,81 @@ async fn lookup(
             route(pending.as_ref().map(|p| p.route.as_str())),
         ),
         Lookup::Unknown => Err(GatewayError::UnknownReply(id)),
+        Lookup::Streamed(pending) => {
+            let route = route(pending.as_ref().map(|p| p.route.as_str()));
+            streamed(state, id, waiter, route, delivery, after, wait).await
+        }
         Lookup::Pending(pending) => match (waiter.as_mut(), wait) {
-            (Some(waiter), Some(wait)) => {
+            (Some(w), Some(wait)) => {
                 let reply = state
-                    .within_grace(async { tokio::time::timeout(wait, waiter.reply()).await.ok() })
+                    .within_grace(async { tokio::time::timeout(wait, w.reply()).await.ok() })
                     .await;
                 match reply {
+                    Some(reply) if reply.part.is_some() => {
+                        let route = route(Some(&pending.route));
+                        streamed(state, id, waiter, route, delivery, after, Some(wait)).await
+                    }
                     Some(reply) => route_reply(state, &id, &reply, route(Some(&pending.route))),
                     None => Ok(waiting(&pending)),
                 }
             }
+            // A streaming client waits for the first part as for the rest.
+            (Some(_), None) => {
+                streamed(
+                    state,
+                    id,
+                    waiter,
+                    route(Some(&pending.route)),
+                    delivery,
+                    after,
+                    None,
+                )
+                .await
+            }
             _ => Ok(waiting(&pending)),
         },
+    }
+}
+
+/// A streamed reply's answer: the parts as they come to a client that takes
+/// a stream (resuming after `after`), the parts joined to one that waits
+/// (`wait`), and to one that does not, the parts joined when the last is
+/// stored, else `202`.
+async fn streamed(
+    state: &AppState,
+    id: String,
+    waiter: Option<replyway_shared::waiters::Waiter>,
+    route: Option<&crate::routes::Route>,
+    delivery: Delivery,
+    after: Option<u32>,
+    wait: Option<std::time::Duration>,
+) -> Result<Response, GatewayError> {
+    let store = state.node.store();
+    let Some(waiter) = waiter else {
+        return Ok(crate::stream::joined_now(store, &id)
+            .await?
+            .unwrap_or_else(|| pending_response(&id)));
+    };
+    let idle = match (delivery.streams(), wait) {
+        (false, Some(wait)) => wait,
+        _ => route.map_or(state.settings.max_poll_wait, |r| r.timeout),
+    };
+    let answer = crate::stream::answer(
+        Streamed {
+            store: store.clone(),
+            id: id.clone(),
+            waiter,
+            after,
+            idle,
+            total: state.settings.max_stream_duration,
+        },
+        delivery,
+    )
+    .await;
+    match answer {
+        // A long-poll that ran out is answered as pending.
+        Err(GatewayError::Timeout(..)) => Ok(pending_response(&id)),
+        other => other,
     }
 }
 

@@ -91,6 +91,11 @@ pub struct RouteConfig {
     /// `reply_schema`: a mismatch is answered `502` `invalid-reply`.
     #[serde(default)]
     pub reply_schema: Option<std::path::PathBuf>,
+    /// Callbacks (webhooks): the reply of a `Prefer: respond-async` request
+    /// is POSTed to its `Callback-URL` (or the fixed `url`), within these
+    /// bounds. Unset: the route takes no callbacks.
+    #[serde(default)]
+    pub callbacks: Option<crate::callbacks::RouteCallbacksConfig>,
 }
 
 /// What a client's disconnect before its reply does to its command.
@@ -128,6 +133,7 @@ impl Default for RouteConfig {
             responder_group: None,
             schema: None,
             reply_schema: None,
+            callbacks: None,
         }
     }
 }
@@ -190,6 +196,8 @@ pub struct Route {
     pub schema: Option<crate::schema::RouteSchema>,
     /// The schema replies must match, compiled.
     pub reply_schema: Option<crate::schema::RouteSchema>,
+    /// Its callbacks, when it takes them.
+    pub callbacks: Option<crate::callbacks::RouteCallbacks>,
     pattern: Vec<Segment>,
     key: Vec<KeyPart>,
 }
@@ -270,6 +278,7 @@ impl Route {
         };
         let schema = load("schema", c.schema.as_deref())?;
         let reply_schema = load("reply_schema", c.reply_schema.as_deref())?;
+        let callbacks = c.callbacks.as_ref().map(|cb| cb.parse(&at)).transpose()?;
         Ok(Self {
             name: c
                 .name
@@ -292,6 +301,7 @@ impl Route {
             rate_limit,
             schema,
             reply_schema,
+            callbacks,
             pattern,
             key,
         })

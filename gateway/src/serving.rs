@@ -38,6 +38,7 @@ use crate::ratelimit::{self, RateInfo, Refused};
 use crate::reply::{pending_response, route_reply};
 use crate::routes::Route;
 use crate::state::AppState;
+use crate::stream::{Delivery, Streamed};
 use crate::websocket::{KeepOnDisconnect, ProducedNotice};
 
 /// A configured route as the tower service axum routes its requests to.
@@ -128,18 +129,35 @@ async fn answer(
         Submitted::Answered(response) => response,
         Submitted::Waiting {
             id,
-            produced,
+            mut produced,
             wait,
             keep,
+            delivery,
         } => {
             let started = std::time::Instant::now();
             // Dropped armed only when this future is: the client went away.
             let on_disconnect = OnDisconnect::new(state, route, &id, keep);
-            let reply = state.within_grace(produced.reply(wait)).await;
+            let reply = state.within_grace(produced.wait(wait)).await;
             on_disconnect.disarm();
             // How long it waited: the whole wait, or until the grace ran out.
             let waited = wait.min(started.elapsed());
             match reply {
+                Some(reply) if reply.part.is_some() => {
+                    // A streamed reply: boxed, so that waiting requests do
+                    // not carry its state.
+                    let Some(waiter) = produced.into_waiter() else {
+                        return Err(GatewayError::Timeout(waited.as_millis(), id));
+                    };
+                    let streamed = Streamed {
+                        store: state.node.store().clone(),
+                        id,
+                        waiter,
+                        after: None,
+                        idle: route.timeout,
+                        total: state.settings.max_stream_duration,
+                    };
+                    Box::pin(crate::stream::answer(streamed, delivery)).await?
+                }
                 Some(reply) => route_reply(state, &id, &reply, Some(route))?,
                 None => return Err(GatewayError::Timeout(waited.as_millis(), id)),
             }
@@ -162,6 +180,8 @@ enum Submitted {
         wait: Duration,
         /// Not cancelled when the client goes away.
         keep: bool,
+        /// How a streamed reply is answered.
+        delivery: Delivery,
     },
 }
 
@@ -194,6 +214,8 @@ struct Ready {
     notice: Option<ProducedNotice>,
     /// Not cancelled when the client goes away.
     keep: bool,
+    /// How a streamed reply is answered.
+    delivery: Delivery,
     prefer: Prefer,
     wait: Duration,
     /// The place among the waiting requests, when the request waits.
@@ -215,6 +237,7 @@ async fn prepare(
     // cancelled when the socket goes (see `websocket`).
     let notice = parts.extensions.remove::<ProducedNotice>();
     let keep = parts.extensions.get::<KeepOnDisconnect>().is_some();
+    let delivery = Delivery::of(&parts.headers);
     let params = match RawPathParams::from_request_parts(&mut parts, &()).await {
         Ok(matched) => route.params(&matched),
         Err(RawPathParamsRejection::MissingPathParams(_)) => BTreeMap::new(),
@@ -244,6 +267,16 @@ async fn prepare(
     if let Some(schema) = &route.schema {
         check_schema(schema, record.content_type.as_deref(), &body)?;
     }
+    // Boxed: only routes with callbacks (or requests naming one) take it.
+    let callback =
+        if route.callbacks.is_some() || headers.contains_key(crate::callbacks::CALLBACK_URL) {
+            // Boxed too: the URL is held across the steps that follow.
+            Box::pin(crate::callbacks::request::read(route, &prefer, headers))
+                .await?
+                .map(Box::new)
+        } else {
+            None
+        };
 
     let mut id = state
         .signer
@@ -276,6 +309,16 @@ async fn prepare(
         }
         None => None,
     };
+    if let Some(url) = &callback {
+        // Before the command is produced: the collector's script finds it
+        // when the reply comes.
+        if let Err(e) = Box::pin(crate::callbacks::request::record(state, route, &id, url)).await {
+            if let Some(scope) = &scope {
+                Box::pin(scope.release(state, &id)).await;
+            }
+            return Err(e);
+        }
+    }
     let ticket = if prefer.respond_async {
         None
     } else {
@@ -291,6 +334,7 @@ async fn prepare(
         lane,
         notice,
         keep,
+        delivery,
         prefer,
         wait,
         ticket,
@@ -393,6 +437,7 @@ fn produce<'a>(
         lane,
         notice,
         keep,
+        delivery,
         prefer,
         wait,
         ticket,
@@ -462,6 +507,7 @@ fn produce<'a>(
                     produced,
                     wait,
                     keep,
+                    delivery,
                 },
                 rate,
             ))

@@ -10,6 +10,9 @@
 //!   produced;
 //! * `{"id", "type": "reply", "status", "headers", "correlation_id", "body"}`
 //!   with the reply (or the gateway's problem, as an HTTP client gets it);
+//! * `{"id", "type": "part", "part", "last", "status", "content_type",
+//!   "body", "correlation_id"}` for each part of a streamed reply, as it
+//!   comes;
 //! * `{"id", "type": "error", "status", "body"}` for a frame that cannot be
 //!   run (not JSON, too large, no `route`): the socket stays open.
 //!
@@ -42,6 +45,7 @@ use tower::ServiceExt;
 use crate::observe::Label;
 use crate::problem::{GatewayError, ProblemKind};
 use crate::state::AppState;
+use crate::stream::Streaming;
 
 /// Route label of `GET /v1/ws` in logs and metrics.
 pub const WEBSOCKET_ROUTE: &str = "websocket";
@@ -364,7 +368,11 @@ impl Session {
                 }
             };
             let (Ok(response), ()) = tokio::join!(router.oneshot(request), accepted);
-            send(&out, reply_frame(&frame.id, response).await).await;
+            if response.extensions().get::<Streaming>().is_some() {
+                send_parts(&out, &frame.id, response).await;
+            } else {
+                send(&out, reply_frame(&frame.id, response).await).await;
+            }
             drop(permit);
         });
     }
@@ -395,6 +403,11 @@ impl Session {
         for (name, value) in &self.credentials {
             headers.insert(name.clone(), value.clone());
         }
+        // A streamed reply comes as lines, each sent as a frame of its own
+        // (unless the frame asks for it otherwise, e.g. joined).
+        headers
+            .entry(header::ACCEPT)
+            .or_insert(HeaderValue::from_static("application/x-ndjson"));
         let body = match &frame.body {
             None | Some(Value::Null) => Body::empty(),
             Some(Value::String(text)) => Body::from(text.clone()),
@@ -435,6 +448,40 @@ fn error_frame(id: &Value, kind: ProblemKind, detail: &str) -> Value {
             "detail": detail,
         },
     })
+}
+
+/// The parts of a streamed reply, each as a `part` frame, as they come.
+async fn send_parts(out: &mpsc::Sender<Message>, id: &Value, response: Response) {
+    let correlation_id = response
+        .headers()
+        .get(&crate::CORRELATION_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut body = response.into_body();
+    let mut pending = Vec::new();
+    while let Some(Ok(frame)) = body.frame().await {
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        pending.extend_from_slice(&data);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let Ok(mut part) = serde_json::from_slice::<Value>(&line) else {
+                continue;
+            };
+            if let Some(fields) = part.as_object_mut() {
+                let kind = if fields.contains_key("part") {
+                    "part"
+                } else {
+                    "error"
+                };
+                fields.insert("id".into(), id.clone());
+                fields.insert("type".into(), Value::String(kind.into()));
+                fields.insert("correlation_id".into(), json!(correlation_id));
+            }
+            send(out, part).await;
+        }
+    }
 }
 
 /// The `reply` frame of an HTTP answer: its body as JSON when it is JSON, as

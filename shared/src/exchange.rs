@@ -105,9 +105,20 @@ impl Submitted {
     /// Waits up to `within` for the reply; `None` when it did not come (it is
     /// still stored when it comes, for a later pick-up). `None` at once when
     /// the command was submitted without a waiter.
-    pub async fn reply(self, within: Duration) -> Option<Arc<Reply>> {
-        let mut waiter = self.waiter?;
+    pub async fn reply(mut self, within: Duration) -> Option<Arc<Reply>> {
+        self.wait(within).await
+    }
+
+    /// As [`Submitted::reply`], keeping the waiter: for a streamed reply the
+    /// first part comes this way, the rest through [`Submitted::into_waiter`].
+    pub async fn wait(&mut self, within: Duration) -> Option<Arc<Reply>> {
+        let waiter = self.waiter.as_mut()?;
         tokio::time::timeout(within, waiter.reply()).await.ok()
+    }
+
+    /// The waiter, to hear of the further parts of a streamed reply.
+    pub fn into_waiter(self) -> Option<Waiter> {
+        self.waiter
     }
 }
 

@@ -9,6 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 
+mod reply;
+pub use reply::{MAX_PART, Reply, ReplyError, parse_reply, reply_from_message};
+
 /// Header names of the record contract.
 pub mod header {
     /// Opaque id of one request, echoed by its reply.
@@ -40,6 +43,10 @@ pub mod header {
     /// Spring for Apache Kafka: the correlation id (raw bytes) that a `@SendTo`
     /// listener copies to its reply.
     pub const SPRING_CORRELATION_ID: &str = "kafka_correlationId";
+    /// A streamed reply's part number: 0, 1, 2, …
+    pub const REPLY_PART: &str = "reply-part";
+    /// `true` on the last part of a streamed reply.
+    pub const REPLY_LAST: &str = "reply-last";
     /// `true` on a cancel record: not a command, but the cancellation of the
     /// command with the same `correlation-id` (same topic and key, so the same
     /// partition, after the command).
@@ -72,210 +79,6 @@ pub fn new_correlation_id() -> String {
 pub fn unix_millis(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// A reply: what a backend service answers and what the gateway turns into an
-/// HTTP response.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    /// HTTP status, 200–599.
-    pub status: u16,
-    /// Media type of `body`.
-    pub content_type: Option<String>,
-    /// Headers passed to the HTTP response (`header-<name>` on the record).
-    pub headers: Vec<(String, String)>,
-    /// The body.
-    pub body: Bytes,
-}
-
-impl Reply {
-    /// A reply with `status` and an empty body.
-    pub fn new(status: u16) -> Self {
-        Self {
-            status,
-            content_type: None,
-            headers: Vec::new(),
-            body: Bytes::new(),
-        }
-    }
-
-    /// A reply with `status` and a body of the given media type.
-    pub fn with_body(status: u16, content_type: impl Into<String>, body: impl Into<Bytes>) -> Self {
-        Self {
-            status,
-            content_type: Some(content_type.into()),
-            headers: Vec::new(),
-            body: body.into(),
-        }
-    }
-
-    /// An RFC 9457 problem reply, as the Responder sends when a handler fails.
-    pub fn problem(status: u16, title: &str, detail: &str) -> Self {
-        let body = serde_json::json!({ "type": "about:blank", "title": title, "status": status, "detail": detail });
-        Self::with_body(status, "application/problem+json", body.to_string())
-    }
-
-    /// Adds a header that the gateway passes on to the HTTP response.
-    #[must_use]
-    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.push((name.into(), value.into()));
-        self
-    }
-
-    /// The Kafka headers of this reply's record.
-    pub fn record_headers(&self, correlation_id: &str) -> OwnedHeaders {
-        let status = self.status.to_string();
-        let mut headers = OwnedHeaders::new_with_capacity(3 + self.headers.len())
-            .insert(Header {
-                key: header::CORRELATION_ID,
-                value: Some(correlation_id),
-            })
-            .insert(Header {
-                key: header::STATUS,
-                value: Some(&status),
-            });
-        if let Some(ct) = &self.content_type {
-            headers = headers.insert(Header {
-                key: header::CONTENT_TYPE,
-                value: Some(ct),
-            });
-        }
-        for (name, value) in &self.headers {
-            let key = format!("{}{}", header::HEADER_PREFIX, name.to_ascii_lowercase());
-            headers = headers.insert(Header {
-                key: &key,
-                value: Some(value),
-            });
-        }
-        headers
-    }
-}
-
-/// Why a reply record cannot be delivered.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ReplyError {
-    /// Neither a `correlation-id` header nor a key.
-    #[error("no correlation id (neither a correlation-id header nor a key)")]
-    MissingCorrelationId,
-    /// The correlation id is not 1–128 characters of `A-Za-z0-9._:-`.
-    #[error("correlation id is not 1-128 characters of [A-Za-z0-9._:-]")]
-    InvalidCorrelationId,
-    /// The `status` header is not a decimal HTTP status 200–599.
-    #[error("status {0:?} is not a decimal HTTP status 200-599")]
-    BadStatus(String),
-    /// A header that must be UTF-8 is not.
-    #[error("header {0} is not UTF-8")]
-    NotUtf8(String),
-    /// The value is larger than the configured bound.
-    #[error("value of {0} bytes is over the limit of {1} bytes")]
-    TooLarge(usize, usize),
-    /// The correlation id was not issued by this deployment (signed ids only).
-    #[error("correlation id was not issued by a gateway of this deployment")]
-    Unsigned,
-}
-
-impl ReplyError {
-    /// A short, fixed label for counting (never holds record data).
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::MissingCorrelationId => "missing_correlation_id",
-            Self::InvalidCorrelationId => "invalid_correlation_id",
-            Self::BadStatus(_) => "bad_status",
-            Self::NotUtf8(_) => "not_utf8",
-            Self::TooLarge(..) => "too_large",
-            Self::Unsigned => "unsigned_correlation_id",
-        }
-    }
-}
-
-fn utf8<'a>(name: &str, value: &'a [u8]) -> Result<&'a str, ReplyError> {
-    std::str::from_utf8(value).map_err(|_| ReplyError::NotUtf8(name.to_owned()))
-}
-
-/// Parses a reply record from its parts: key, headers and value.
-///
-/// The correlation id comes from the `correlation-id` header, else from the key.
-///
-/// # Errors
-/// A [`ReplyError`] saying why the record cannot be delivered.
-pub fn parse_reply<'a>(
-    key: Option<&[u8]>,
-    headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
-    value: Option<&[u8]>,
-    max_value: usize,
-) -> Result<(String, Reply), ReplyError> {
-    let mut id = None;
-    let mut spring_id = None;
-    let mut spring_content_type = None;
-    let mut reply = Reply::new(200);
-    for (name, value) in headers {
-        let Some(value) = value else { continue };
-        match name {
-            header::CORRELATION_ID => id = Some(utf8(name, value)?.to_owned()),
-            header::SPRING_CORRELATION_ID => spring_id = Some(utf8(name, value)?.to_owned()),
-            header::SPRING_CONTENT_TYPE => spring_content_type = Some(utf8(name, value)?),
-            header::STATUS => {
-                let text = String::from_utf8_lossy(value);
-                reply.status = text
-                    .trim()
-                    .parse::<u16>()
-                    .ok()
-                    .filter(|s| (200..=599).contains(s))
-                    .ok_or_else(|| ReplyError::BadStatus(text.chars().take(32).collect()))?;
-            }
-            header::CONTENT_TYPE => reply.content_type = Some(utf8(name, value)?.to_owned()),
-            _ => {
-                if let Some(h) = name.strip_prefix(header::HEADER_PREFIX) {
-                    reply
-                        .headers
-                        .push((h.to_owned(), utf8(name, value)?.to_owned()));
-                }
-            }
-        }
-    }
-    let id = match (id.or(spring_id), key) {
-        (Some(id), _) => id,
-        (None, Some(key)) if !key.is_empty() => utf8("key", key)?.to_owned(),
-        _ => return Err(ReplyError::MissingCorrelationId),
-    };
-    if reply.content_type.is_none()
-        && let Some(ct) = spring_content_type
-    {
-        // Spring's header mapper writes it as a JSON string ("\"text/plain\"").
-        let ct = ct.trim();
-        let ct = ct
-            .strip_prefix('"')
-            .and_then(|c| c.strip_suffix('"'))
-            .unwrap_or(ct);
-        if !ct.is_empty() {
-            reply.content_type = Some(ct.to_owned());
-        }
-    }
-    if !is_valid_correlation_id(&id) {
-        return Err(ReplyError::InvalidCorrelationId);
-    }
-    let value = value.unwrap_or_default();
-    if value.len() > max_value {
-        return Err(ReplyError::TooLarge(value.len(), max_value));
-    }
-    reply.body = Bytes::copy_from_slice(value);
-    Ok((id, reply))
-}
-
-/// Parses a reply from a Kafka message (see [`parse_reply`]).
-///
-/// # Errors
-/// A [`ReplyError`] saying why the record cannot be delivered.
-pub fn reply_from_message<M: Message>(
-    message: &M,
-    max_value: usize,
-) -> Result<(String, Reply), ReplyError> {
-    let headers = message
-        .headers()
-        .into_iter()
-        .flat_map(|h| h.iter())
-        .map(|h| (h.key, h.value));
-    parse_reply(message.key(), headers, message.payload(), max_value)
 }
 
 /// A command as a backend service receives it.
@@ -312,6 +115,10 @@ pub struct Request {
     /// watches it and returns [`Cancelled`](crate::responder::Cancelled).
     /// Not part of the record.
     pub cancelled: tokio_util::sync::CancellationToken,
+    /// Where the handler sends the parts of a streamed reply before
+    /// returning the last one ([`Parts::send`](crate::responder::Parts::send)).
+    /// Not part of the record.
+    pub parts: crate::responder::Parts,
 }
 
 /// Why a request record cannot be served.
@@ -563,103 +370,6 @@ mod tests {
     }
 
     #[test]
-    fn reply_takes_id_from_header_then_key() {
-        let (id, reply) = parse_reply(
-            Some(b"from-key"),
-            h(&[("correlation-id", "abc")]),
-            Some(b"x"),
-            10,
-        )
-        .unwrap();
-        assert_eq!(id, "abc");
-        assert_eq!(reply.status, 200);
-        assert_eq!(&reply.body[..], b"x");
-        let (id, _) = parse_reply(Some(b"from-key"), h(&[]), None, 10).unwrap();
-        assert_eq!(id, "from-key");
-    }
-
-    #[test]
-    fn reply_shaped_like_spring_sendto_is_accepted() {
-        // A @SendTo listener's reply: the correlation id copied as raw bytes,
-        // Spring's type headers, no key, no correlation-id, no status.
-        let headers = h(&[
-            ("kafka_correlationId", "4d1c-id"),
-            ("__TypeId__", "com.example.Greeting"),
-            ("contentType", "\"application/json\""),
-            (
-                "spring_json_header_types",
-                r#"{"contentType":"java.lang.String"}"#,
-            ),
-        ]);
-        let (id, reply) = parse_reply(None, headers, Some(b"{}"), 10).unwrap();
-        assert_eq!(id, "4d1c-id");
-        assert_eq!(reply.status, 200);
-        assert_eq!(reply.content_type.as_deref(), Some("application/json"));
-        // Our own header wins over Spring's, and over the key.
-        let headers = h(&[
-            ("kafka_correlationId", "spring"),
-            ("correlation-id", "ours"),
-        ]);
-        let (id, _) = parse_reply(Some(b"key"), headers, None, 10).unwrap();
-        assert_eq!(id, "ours");
-        let (id, _) = parse_reply(
-            Some(b"key"),
-            h(&[("kafka_correlationId", "spring")]),
-            None,
-            10,
-        )
-        .unwrap();
-        assert_eq!(id, "spring");
-    }
-
-    #[test]
-    fn reply_maps_status_content_type_and_headers() {
-        let headers = h(&[
-            ("correlation-id", "a"),
-            ("status", "409"),
-            ("content-type", "application/json"),
-            ("header-etag", "\"1\""),
-            ("other", "ignored"),
-        ]);
-        let (_, reply) = parse_reply(None, headers, Some(b"{}"), 10).unwrap();
-        assert_eq!(reply.status, 409);
-        assert_eq!(reply.content_type.as_deref(), Some("application/json"));
-        assert_eq!(reply.headers, vec![("etag".to_owned(), "\"1\"".to_owned())]);
-    }
-
-    #[test]
-    fn malformed_replies_say_why() {
-        assert_eq!(
-            parse_reply(None, h(&[]), None, 10),
-            Err(ReplyError::MissingCorrelationId)
-        );
-        assert_eq!(
-            parse_reply(Some(b""), h(&[]), None, 10),
-            Err(ReplyError::MissingCorrelationId)
-        );
-        assert_eq!(
-            parse_reply(None, h(&[("correlation-id", "a{b}")]), None, 10),
-            Err(ReplyError::InvalidCorrelationId)
-        );
-        for status in ["abc", "99", "600", "", "2000"] {
-            let r = parse_reply(
-                None,
-                h(&[("correlation-id", "a"), ("status", status)]),
-                None,
-                10,
-            );
-            assert!(
-                matches!(r, Err(ReplyError::BadStatus(_))),
-                "{status}: {r:?}"
-            );
-        }
-        assert_eq!(
-            parse_reply(None, h(&[("correlation-id", "a")]), Some(&[0; 11]), 10),
-            Err(ReplyError::TooLarge(11, 10))
-        );
-    }
-
-    #[test]
     fn correlation_ids_are_bounded() {
         assert!(is_valid_correlation_id(&new_correlation_id()));
         assert!(is_valid_correlation_id(&"a".repeat(128)));
@@ -731,16 +441,5 @@ mod tests {
     fn request_without_reply_to_is_rejected() {
         let r = Request::parse(None, h(&[("correlation-id", "a")]), None);
         assert_eq!(r.unwrap_err(), RequestError::Missing("reply-to"));
-    }
-
-    #[test]
-    fn reply_headers_round_trip() {
-        let reply = Reply::with_body(201, "text/plain", "hi").header("ETag", "1");
-        let headers = reply.record_headers("id-1");
-        let pairs: Vec<_> = headers.iter().map(|h| (h.key, h.value)).collect();
-        let (id, parsed) = parse_reply(None, pairs, Some(b"hi"), 10).unwrap();
-        assert_eq!(id, "id-1");
-        assert_eq!(parsed.status, 201);
-        assert_eq!(parsed.headers, vec![("etag".to_owned(), "1".to_owned())]);
     }
 }

@@ -115,6 +115,9 @@ pub enum Fetched {
     Reply(Reply),
     /// The request is pending.
     Pending,
+    /// The service streams its reply in parts: read them with
+    /// [`Store::read_parts`](crate::store::Store::read_parts).
+    Streamed,
     /// Never issued, or expired.
     Unknown,
 }
@@ -284,6 +287,8 @@ impl Requester {
             match self.inner.node.store().lookup(correlation_id, None).await? {
                 Lookup::Reply(reply, _) => Fetched::Reply(reply),
                 Lookup::Pending(_) => Fetched::Pending,
+                // A streamed reply: its parts are read with `Store::read_parts`.
+                Lookup::Streamed(_) => Fetched::Streamed,
                 Lookup::Unknown => Fetched::Unknown,
             },
         )

@@ -64,9 +64,12 @@
 mod dispatch;
 mod lanes;
 pub mod metrics;
+mod parts;
 mod queue;
 mod running;
 mod scheduler;
+
+pub use parts::{PartError, Parts};
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -379,6 +382,13 @@ impl Responder {
             tracing::info_span!("responder.handle", otel.kind = "consumer", correlation_id = %id);
         let mut request = request;
         let trace = request.continue_trace(&span);
+        let parts = Parts::new(
+            self.producer.clone(),
+            reply_to.clone(),
+            id.clone(),
+            trace.clone(),
+        );
+        request.parts = parts.clone();
         let reply = match handler(request).instrument(span).await {
             Ok(reply) => reply,
             Err(e) if e.downcast_ref::<Redeliver>().is_some() => {
@@ -399,6 +409,11 @@ impl Responder {
                     "the service failed to handle the request",
                 )
             }
+        };
+        // After parts, the reply (or the failure's problem) is the last part.
+        let reply = match parts.sent() {
+            0 => reply,
+            sent => reply.as_part(sent, true),
         };
         let headers = trace.add_to(reply.record_headers(&id));
         let mut backoff = Backoff::default();

@@ -79,6 +79,9 @@ impl Subscriber {
         for (id, reply) in self.store.rejoin(&ids, &self.node).await? {
             self.waiters.deliver(&id, Arc::new(reply));
         }
+        // Parts of streamed replies stored meanwhile were not heard of: their
+        // readers read them from Redis.
+        self.waiters.touch_all();
         self.live.store(true, Ordering::SeqCst);
         tracing::info!(channel = %self.channel, rechecked = ids.len(), "redis subscription live");
         let mut ping = tokio::time::interval(PING_EVERY);

@@ -6,6 +6,7 @@
 //! answered, timed out or disconnected alike.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::Notify;
@@ -26,6 +27,8 @@ struct Slot {
 struct Shared {
     reply: OnceLock<Arc<Reply>>,
     delivered: Notify,
+    /// Deliveries so far: each part of a streamed reply is one.
+    deliveries: AtomicU64,
 }
 
 /// The bounded map of waiting requests.
@@ -129,10 +132,22 @@ impl Waiters {
         match inner.slots.get(id) {
             Some(slot) => {
                 let _ = slot.shared.reply.set(reply);
+                slot.shared.deliveries.fetch_add(1, Ordering::SeqCst);
                 slot.shared.delivered.notify_waiters();
                 true
             }
             None => false,
+        }
+    }
+
+    /// Wakes every waiter as if something had been delivered: after a lost
+    /// subscription, readers of streamed replies read Redis again for the
+    /// parts they may not have heard of.
+    pub fn touch_all(&self) {
+        let inner = self.lock();
+        for slot in inner.slots.values() {
+            slot.shared.deliveries.fetch_add(1, Ordering::SeqCst);
+            slot.shared.delivered.notify_waiters();
         }
     }
 
@@ -196,6 +211,31 @@ impl Waiter {
             delivered.as_mut().enable();
             if let Some(reply) = self.shared.reply.get() {
                 return Arc::clone(reply);
+            }
+            delivered.await;
+        }
+    }
+}
+
+impl Waiter {
+    /// How many deliveries (replies, or parts of a streamed reply) reached
+    /// this id so far: read before reading Redis, then [`Waiter::changed`]
+    /// misses none.
+    pub fn deliveries(&self) -> u64 {
+        self.shared.deliveries.load(Ordering::SeqCst)
+    }
+
+    /// Waits until more than `seen` deliveries reached this id; returns how
+    /// many did.
+    pub async fn changed(&mut self, seen: u64) -> u64 {
+        loop {
+            let delivered = self.shared.delivered.notified();
+            let mut delivered = std::pin::pin!(delivered);
+            // Listening before looking, as in `reply`.
+            delivered.as_mut().enable();
+            let now = self.deliveries();
+            if now > seen {
+                return now;
             }
             delivered.await;
         }

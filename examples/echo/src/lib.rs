@@ -2,7 +2,8 @@
 //! request's body and content type. If the body is a JSON object with
 //! `"status": N` it replies with that status; with `"sleep_ms": N` it waits that
 //! long first (at most [`MAX_SLEEP`]), and stops without a reply when the
-//! command is cancelled meanwhile. That makes timeouts, cancellation and status
+//! command is cancelled meanwhile; with `"parts": N` (and `"part_ms": M`) it
+//! streams its reply in N parts, M ms apart. That makes timeouts, cancellation and status
 //! mapping visible to a new user.
 //!
 //! With `lanes` it serves its topics in priority lanes (see
@@ -134,7 +135,16 @@ impl Settings {
 struct Controls {
     status: Option<u16>,
     sleep_ms: Option<u64>,
+    /// Answer in this many parts (a streamed reply), each
+    /// `{"part": i, "of": n, "tag": …}`.
+    parts: Option<u32>,
+    /// Pause before each part (at most 1 s).
+    part_ms: Option<u64>,
+    tag: Option<serde_json::Value>,
 }
+
+/// Most parts the service streams.
+pub const MAX_PARTS: u32 = replyway_shared::record::MAX_PART + 1;
 
 /// Answers one command.
 ///
@@ -157,6 +167,26 @@ pub async fn handle(request: Request) -> Result<Reply, HandlerError> {
                 return Ok(Reply::problem(400, "Bad Request", "status must be 200-599"));
             }
             status = s;
+        }
+        if let Some(n) = c.parts {
+            if !(1..=MAX_PARTS).contains(&n) {
+                let detail = format!("parts must be 1-{MAX_PARTS}");
+                return Ok(Reply::problem(400, "Bad Request", &detail));
+            }
+            let pause = Duration::from_millis(c.part_ms.unwrap_or(0)).min(Duration::from_secs(1));
+            let part = |i: u32| {
+                let body = serde_json::json!({ "part": i, "of": n, "tag": c.tag });
+                Reply::with_body(status, "application/json", body.to_string())
+            };
+            for i in 0..n - 1 {
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = request.cancelled.cancelled() => return Err(Cancelled.into()),
+                }
+                request.parts.send(part(i)).await?;
+            }
+            tokio::time::sleep(pause).await;
+            return Ok(part(n - 1));
         }
     }
     let content_type = request

@@ -23,6 +23,34 @@ fn own(summary: &str, description: impl Into<String>, id: &str) -> OperationBuil
 }
 
 /// `GET /v1/replies/{id}`.
+/// The headers of a pick-up of a request with a callback, when a route
+/// takes callbacks.
+fn callback_headers(settings: &Settings) -> super::parts::Headers {
+    if !settings.routes.iter().any(|r| r.callbacks.is_some()) {
+        return Vec::new();
+    }
+    vec![
+        (
+            "callback-state",
+            super::parts::header(
+                "Of a request with a callback: `pending` (not attempted yet), `retrying`, `delivered` or `failed`.",
+                string().enum_values(Some(["pending", "retrying", "delivered", "failed"])),
+                false,
+            ),
+        ),
+        (
+            "callback-attempts",
+            super::parts::header(
+                "Of a request with a callback: the delivery attempts made so far.",
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0)),
+                false,
+            ),
+        ),
+    ]
+}
+
 pub(super) fn get_reply(settings: &Settings) -> Operation {
     let id = id_parameter();
     let prefer = prefer_parameter(format!(
@@ -32,23 +60,36 @@ pub(super) fn get_reply(settings: &Settings) -> Operation {
     let mut operation = own(
         "Fetch a reply",
         format!(
-            "The reply of a request by its correlation id, on any gateway replica, while it is stored ({}). Also for requests that timed out (`504`) or were answered `202`. The reply of a request made by an authenticated principal goes only to that principal (credentials of any configured kind).",
+            "The reply of a request by its correlation id, on any gateway replica, while it is stored ({}). Also for requests that timed out (`504`) or were answered `202`. A reply the service streams in parts comes as Server-Sent Events (`Accept: text/event-stream`) or NDJSON (`Accept: application/x-ndjson`) as the parts arrive, else joined as a JSON array once the last is there. The reply of a request made by an authenticated principal goes only to that principal (credentials of any configured kind).",
             human(settings.redis.ttl)
         ),
         "getReply",
     )
     .parameter(id)
     .parameter(prefer)
+    .parameter(
+        ParameterBuilder::new()
+            .name("Last-Event-ID")
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .description(Some(
+                "With a streamed reply and `Accept: text/event-stream` (or `application/x-ndjson`): resume after this part. Not a part number: `400`.",
+            ))
+            .schema(Some(string())),
+    )
     .response(
         "default",
-        reply_response("The reply, with its status, content type and headers.", Vec::new()),
+        reply_response(
+            "The reply, with its status, content type and headers.",
+            callback_headers(settings),
+        ),
     )
     .response(
         "202",
         pending_response(
             "The request is pending: no reply yet (`status` is `cancelled` once it was cancelled).",
             false,
-            Vec::new(),
+            callback_headers(settings),
         ),
     )
     .response(

@@ -255,6 +255,22 @@ pub(super) fn reply_response(description: &str, headers: Headers) -> ResponseBui
                 .schema(Some(schema_ref("ServiceReply")))
                 .build(),
         )
+        .content(
+            "text/event-stream",
+            ContentBuilder::new()
+                .schema(Some(string().description(Some(
+                    "A streamed reply, with `Accept: text/event-stream`: one event per part (`id:` its number, `event: part` or `last`, `data:` its body; `event: timeout` when no part came in time).",
+                ))))
+                .build(),
+        )
+        .content(
+            "application/x-ndjson",
+            ContentBuilder::new()
+                .schema(Some(string().description(Some(
+                    "A streamed reply, with `Accept: application/x-ndjson`: one JSON object per part and line, `{\"part\", \"last\", \"status\", \"content_type\", \"body\"}`.",
+                ))))
+                .build(),
+        )
         .link("GetReply", get_reply_link())
 }
 

@@ -119,6 +119,46 @@ fn idempotency_key_parameter(settings: &Settings) -> Parameter {
         .build()
 }
 
+/// The `Callback-URL` header parameter of a route that takes callbacks.
+fn callback_url_parameter(callbacks: &crate::callbacks::RouteCallbacks) -> Parameter {
+    let policy = &callbacks.policy;
+    let hosts: Vec<String> = policy
+        .allow_hosts
+        .iter()
+        .map(|h| match h {
+            crate::callbacks::url_safety::HostPattern::Exact(n) => format!("`{n}`"),
+            crate::callbacks::url_safety::HostPattern::Subdomains(d) => format!("`*.{d}`"),
+        })
+        .collect();
+    let description = format!(
+        "With `Prefer: respond-async`: once stored, the reply is POSTed to this URL, signed per Standard Webhooks (`webhook-id` = the correlation id, `webhook-timestamp`, `webhook-signature: v1,…`), and retried along the gateway's schedule; `GET /v1/replies/{{id}}` answers `callback-state` and `callback-attempts`. {} only, to a host of {}{}; a URL refused, or `Callback-URL` without `Prefer: respond-async`: `400`, nothing produced.",
+        if policy.allow_http {
+            "`https` or `http`"
+        } else {
+            "`https`"
+        },
+        hosts.join(", "),
+        if policy.allow_private {
+            ""
+        } else {
+            " that resolves to public addresses only"
+        },
+    );
+    ParameterBuilder::new()
+        .name("Callback-URL")
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(description))
+        .schema(Some(
+            string()
+                .format(Some(utoipa::openapi::schema::SchemaFormat::Custom(
+                    "uri".into(),
+                )))
+                .max_length(Some(2048)),
+        ))
+        .build()
+}
+
 /// The header parameters, and the forwarded headers OpenAPI has no parameter for.
 fn header_parameters(settings: &Settings, route: &Route) -> (Vec<Parameter>, Vec<String>) {
     let mut headers = HeaderParameters::default();
@@ -131,6 +171,12 @@ fn header_parameters(settings: &Settings, route: &Route) -> (Vec<Parameter>, Vec
         "idempotency-key".into(),
         idempotency_key_parameter(settings),
     ));
+
+    if let Some(callbacks) = route.callbacks.as_ref().filter(|c| c.url.is_none()) {
+        headers
+            .0
+            .push(("callback-url".into(), callback_url_parameter(callbacks)));
+    }
 
     if let Some(lanes) = route.lanes.as_ref().filter(|l| l.reads_priority()) {
         let note = format!(
@@ -213,6 +259,10 @@ fn description(route: &Route, not_parameters: &[String]) -> String {
             lanes.default_lane().name
         ));
     }
+    description.push_str(&format!(
+        " A reply the service streams in parts comes as Server-Sent Events (`Accept: text/event-stream`) or NDJSON (`Accept: application/x-ndjson`) as the parts arrive, at most {} between two parts, else joined as a JSON array once the last is there.",
+        human(route.timeout)
+    ));
     description.push_str(match route.on_disconnect {
         crate::routes::OnDisconnect::Cancel => {
             " A client that goes away before its reply cancels the command (a cancel record follows it)."
@@ -330,7 +380,11 @@ fn request_problems(
         .response(
             "400",
             problem_response(
-                "A malformed `Prefer`, `Idempotency-Key`, forwarded header or `Content-Type` (`bad-request`), or a body that could not be read (`body-unreadable`).",
+                if route.callbacks.is_some() {
+                    "A malformed `Prefer`, `Idempotency-Key`, forwarded header or `Content-Type`, or a refused `Callback-URL` (`bad-request`), or a body that could not be read (`body-unreadable`)."
+                } else {
+                    "A malformed `Prefer`, `Idempotency-Key`, forwarded header or `Content-Type` (`bad-request`), or a body that could not be read (`body-unreadable`)."
+                },
                 &[ProblemKind::BadRequest, ProblemKind::BodyUnreadable],
                 Vec::new(),
             ),

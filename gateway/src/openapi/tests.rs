@@ -486,6 +486,18 @@ fn cancellation_lanes_and_reply_schemas_are_described() {
             .unwrap()
             .contains("invalid-reply")
     );
+    // Streamed replies: on every route's answer, and resumed on GET.
+    let content = &ledger["responses"]["default"]["content"];
+    assert!(
+        content["text/event-stream"].is_object() && content["application/x-ndjson"].is_object()
+    );
+    assert!(
+        doc["paths"]["/v1/replies/{id}"]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "Last-Event-ID")
+    );
     // A route without lanes takes no Priority parameter.
     assert!(
         !ledger["parameters"]
@@ -493,5 +505,66 @@ fn cancellation_lanes_and_reply_schemas_are_described() {
             .unwrap()
             .iter()
             .any(|p| p["name"] == "priority")
+    );
+}
+
+#[test]
+fn a_route_with_callbacks_documents_callback_url() {
+    let mut settings = settings();
+    settings.callbacks.secret = Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into());
+    settings.routes.push(RouteConfig {
+        callbacks: Some(crate::callbacks::RouteCallbacksConfig {
+            allow_hosts: vec!["hooks.example.com".into(), "*.example.org".into()],
+            ..crate::callbacks::RouteCallbacksConfig::default()
+        }),
+        ..route("POST", "/notify")
+    });
+    let routes = settings.route_table().unwrap();
+    let doc: Value = serde_json::from_slice(&document(&routes, &settings)).unwrap();
+    let parameter = |path: &str| {
+        doc["paths"][path]["post"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "Callback-URL")
+            .cloned()
+    };
+    let callback = parameter("/notify").expect("a route with callbacks documents Callback-URL");
+    assert_eq!(callback["in"], "header");
+    assert_eq!(callback["schema"]["format"], "uri");
+    let text = callback["description"].as_str().unwrap();
+    for part in [
+        "`https` only",
+        "`hooks.example.com`",
+        "`*.example.org`",
+        "webhook-signature",
+        "public addresses",
+    ] {
+        assert!(text.contains(part), "{part}: {text}");
+    }
+    assert!(
+        doc["paths"]["/notify"]["post"]["responses"]["400"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("Callback-URL")
+    );
+    assert!(
+        parameter("/a-b").is_none(),
+        "a route without callbacks has no Callback-URL"
+    );
+    let pickup = &doc["paths"]["/v1/replies/{id}"]["get"]["responses"];
+    for status in ["default", "202"] {
+        assert!(
+            pickup[status]["headers"]["callback-state"].is_object(),
+            "GET {status}: {}",
+            pickup[status]
+        );
+        assert!(pickup[status]["headers"]["callback-attempts"].is_object());
+    }
+    assert!(
+        self::doc()["paths"]["/v1/replies/{id}"]["get"]["responses"]["202"]["headers"]
+            ["callback-state"]
+            .is_null(),
+        "no callback headers without callback routes"
     );
 }

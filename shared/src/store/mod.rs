@@ -24,11 +24,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use redis::aio::ConnectionManager;
-use serde::{Deserialize, Serialize};
 
 use crate::record::Reply;
 
+mod callbacks;
+mod claims;
+mod codec;
+mod parts;
 mod scripts;
+pub use callbacks::{
+    CallbackRecord, CallbackStatus, DELIVERY_GROUP, Delivery, DeliveryState, PROMOTE_DUE_LUA,
+    RETRY_DELIVERY_LUA,
+};
+pub use claims::{Claim, RateDecision, RateLimit};
+pub use codec::{DecodeError, decode_notification, decode_reply, encode_reply};
+pub use parts::{PARTS_PER_READ, STORE_PART_LUA};
 pub use scripts::*;
 
 /// Key and channel names under one prefix.
@@ -60,6 +70,11 @@ impl Keys {
         format!("{}:{{{id}}}:reply", self.prefix)
     }
 
+    /// The parts of a streamed reply (a Redis Stream).
+    pub fn parts(&self, id: &str) -> String {
+        format!("{}:{{{id}}}:parts", self.prefix)
+    }
+
     /// The record of an idempotency key (`scope` is a digest of route and key).
     pub fn idempotency(&self, scope: &str) -> String {
         format!("{}:idem:{{{scope}}}", self.prefix)
@@ -79,88 +94,6 @@ impl Keys {
     pub fn channel(&self, node: &str) -> String {
         format!("{}{node}", self.channel_prefix())
     }
-}
-
-/// What claiming an idempotency key found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claim {
-    /// The key is this request's now.
-    Claimed,
-    /// An earlier request's claim whose command was never marked produced
-    /// within its lease, with the same body: this request produces it again,
-    /// under that request's correlation id.
-    TookOver(String),
-    /// An earlier request holds the key.
-    First {
-        /// Its correlation id.
-        id: String,
-        /// Its body's fingerprint.
-        fingerprint: String,
-        /// How long it may still produce its command; `None` once produced.
-        lease_left: Option<Duration>,
-    },
-}
-
-#[derive(Serialize, Deserialize)]
-struct Head<'a> {
-    status: u16,
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
-    content_type: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    headers: Vec<(String, String)>,
-}
-
-/// Encodes a reply for Redis: one line of JSON (status, content type, headers),
-/// a newline, then the body's raw bytes. Readable with `redis-cli`, decodable in
-/// any language.
-pub fn encode_reply(reply: &Reply) -> Vec<u8> {
-    let head = Head {
-        status: reply.status,
-        content_type: reply.content_type.as_deref().map(Into::into),
-        headers: reply.headers.clone(),
-    };
-    let mut out = serde_json::to_vec(&head).unwrap_or_default();
-    out.push(b'\n');
-    out.extend_from_slice(&reply.body);
-    out
-}
-
-/// A stored reply or notification that cannot be decoded.
-#[derive(Debug, thiserror::Error)]
-#[error("malformed stored reply: {0}")]
-pub struct DecodeError(&'static str);
-
-/// Decodes what [`encode_reply`] wrote.
-///
-/// # Errors
-/// [`DecodeError`] when the bytes are not a stored reply.
-pub fn decode_reply(bytes: &[u8]) -> Result<Reply, DecodeError> {
-    let newline = bytes
-        .iter()
-        .position(|b| *b == b'\n')
-        .ok_or(DecodeError("no head line"))?;
-    let head: Head<'_> =
-        serde_json::from_slice(&bytes[..newline]).map_err(|_| DecodeError("head is not JSON"))?;
-    Ok(Reply {
-        status: head.status,
-        content_type: head.content_type.map(std::borrow::Cow::into_owned),
-        headers: head.headers,
-        body: Bytes::copy_from_slice(&bytes[newline + 1..]),
-    })
-}
-
-/// Splits a notification (`<id>\n<stored reply>`) into the id and the reply.
-///
-/// # Errors
-/// [`DecodeError`] when the payload is not a notification.
-pub fn decode_notification(payload: &[u8]) -> Result<(String, Reply), DecodeError> {
-    let newline = payload
-        .iter()
-        .position(|b| *b == b'\n')
-        .ok_or(DecodeError("no id line"))?;
-    let id =
-        std::str::from_utf8(&payload[..newline]).map_err(|_| DecodeError("id is not UTF-8"))?;
-    Ok((id.to_owned(), decode_reply(&payload[newline + 1..])?))
 }
 
 /// A Redis operation that failed.
@@ -216,32 +149,11 @@ pub enum Lookup {
     Reply(Reply, Option<PendingInfo>),
     /// The request is pending: no reply yet.
     Pending(PendingInfo),
+    /// Parts of a streamed reply are stored (read them with
+    /// [`Store::read_parts`]); with the pending record while it lives.
+    Streamed(Option<PendingInfo>),
     /// Never issued, or expired.
     Unknown,
-}
-
-/// A rate limit (GCRA): one request per `interval`, up to `burst` at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimit {
-    /// Time per request at the sustained rate.
-    pub interval: Duration,
-    /// Most requests at once.
-    pub burst: u32,
-    /// The configured window (for the `RateLimit-Policy` header).
-    pub window: Duration,
-}
-
-/// A rate limit's answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateDecision {
-    /// Whether the request may go on.
-    pub allowed: bool,
-    /// Requests still allowed at once after this one.
-    pub remaining: u32,
-    /// When refused: how long until one is allowed.
-    pub retry_after: Duration,
-    /// How long until the full burst is available again.
-    pub reset: Duration,
 }
 
 /// A new pending record.
@@ -266,6 +178,8 @@ pub struct ReplyToStore {
     pub id: String,
     /// The encoded reply ([`encode_reply`]).
     pub encoded: Vec<u8>,
+    /// For a part of a streamed reply: its number, and whether it is the last.
+    pub part: Option<(u32, bool)>,
 }
 
 /// The Redis operations of the gateway and the collector, over a connection pool.
@@ -277,6 +191,7 @@ pub struct Store {
     timeout: Duration,
     ttl: Duration,
     store_script: redis::Script,
+    part_script: redis::Script,
     join_script: redis::Script,
     claim_script: redis::Script,
     produced_script: redis::Script,
@@ -319,6 +234,7 @@ impl Store {
             timeout,
             ttl,
             store_script: redis::Script::new(STORE_REPLY_LUA),
+            part_script: redis::Script::new(STORE_PART_LUA),
             join_script: redis::Script::new(JOIN_AND_READ_LUA),
             claim_script: redis::Script::new(CLAIM_IDEMPOTENCY_LUA),
             produced_script: redis::Script::new(MARK_PRODUCED_LUA),
@@ -474,8 +390,9 @@ impl Store {
             Option<String>,
             Option<String>,
             Option<String>,
+            bool,
         );
-        let (reply, route, principal, cancelled): Found = self
+        let (reply, route, principal, cancelled, streamed): Found = self
             .bounded(async {
                 let mut conn = self.connection();
                 if let Some(node) = waiter {
@@ -483,6 +400,7 @@ impl Store {
                     invocation
                         .key(self.keys.waiters(id))
                         .key(self.keys.reply(id))
+                        .key(self.keys.parts(id))
                         .arg(node);
                     Ok(invocation.invoke_async(&mut conn).await?)
                 } else {
@@ -490,7 +408,8 @@ impl Store {
                     pipe.get(self.keys.reply(id))
                         .hget(self.keys.pending(id), "route")
                         .hget(self.keys.pending(id), "principal")
-                        .hget(self.keys.pending(id), "cancelled");
+                        .hget(self.keys.pending(id), "cancelled")
+                        .exists(self.keys.parts(id));
                     Ok(pipe.query_async(&mut conn).await?)
                 }
             })
@@ -502,6 +421,7 @@ impl Store {
         });
         Ok(match (reply, pending) {
             (Some(bytes), pending) => Lookup::Reply(decode_reply(&bytes)?, pending),
+            (None, pending) if streamed => Lookup::Streamed(pending),
             (None, Some(pending)) => Lookup::Pending(pending),
             (None, None) => Lookup::Unknown,
         })
@@ -547,123 +467,6 @@ impl Store {
         Ok(found)
     }
 
-    /// Claims idempotency record `scope` for request `id` with body
-    /// `fingerprint`, for `ttl`; the claimer has `lease` to produce its command
-    /// and mark it ([`Store::mark_produced`]) before a retry may take over.
-    ///
-    /// # Errors
-    /// [`StoreError`] when Redis does not answer or answers out of contract.
-    pub async fn claim_idempotency(
-        &self,
-        scope: &str,
-        id: &str,
-        fingerprint: &str,
-        ttl: Duration,
-        lease: Duration,
-    ) -> Result<Claim, StoreError> {
-        let answer: Vec<redis::Value> = self
-            .bounded(async {
-                let mut conn = self.connection();
-                let mut invocation = self.claim_script.key(self.keys.idempotency(scope));
-                invocation
-                    .arg(id)
-                    .arg(fingerprint)
-                    .arg(ttl_ms(ttl))
-                    .arg(ttl_ms(lease));
-                Ok(invocation.invoke_async(&mut conn).await?)
-            })
-            .await?;
-        let text = |i: usize| -> Option<String> {
-            answer
-                .get(i)
-                .and_then(|v| redis::from_redis_value(v.clone()).ok())
-        };
-        let out_of_contract = || StoreError::Malformed("idempotency claim answer".into());
-        match text(0).as_deref() {
-            Some("claimed") => Ok(Claim::Claimed),
-            Some("took-over") => text(1).map(Claim::TookOver).ok_or_else(out_of_contract),
-            Some("first") => {
-                let record = text(1).ok_or_else(out_of_contract)?;
-                let left: i64 = answer
-                    .get(2)
-                    .and_then(|v| redis::from_redis_value(v.clone()).ok())
-                    .ok_or_else(out_of_contract)?;
-                let mut parts = record.splitn(3, ' ');
-                let id = parts.next().unwrap_or_default().to_owned();
-                let fingerprint = parts.next().unwrap_or_default().to_owned();
-                Ok(Claim::First {
-                    id,
-                    fingerprint,
-                    lease_left: u64::try_from(left).ok().map(Duration::from_millis),
-                })
-            }
-            _ => Err(out_of_contract()),
-        }
-    }
-
-    /// Marks the command of idempotency record `scope` produced (by request
-    /// `id`): from now on no retry takes it over.
-    ///
-    /// # Errors
-    /// [`StoreError`] when Redis does not acknowledge.
-    pub async fn mark_produced(&self, scope: &str, id: &str) -> Result<(), StoreError> {
-        self.bounded(async {
-            let mut conn = self.connection();
-            let mut invocation = self.produced_script.key(self.keys.idempotency(scope));
-            invocation.arg(id);
-            invocation.invoke_async::<i64>(&mut conn).await?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Counts a request against rate limit `scope` (one round trip).
-    ///
-    /// # Errors
-    /// [`StoreError`] when Redis does not answer.
-    pub async fn rate_limit(
-        &self,
-        scope: &str,
-        limit: &RateLimit,
-    ) -> Result<RateDecision, StoreError> {
-        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        let interval = micros(limit.interval).max(1);
-        let tolerance = interval.saturating_mul(u64::from(limit.burst.saturating_sub(1)));
-        let (allowed, remaining, retry_after, reset): (i64, i64, i64, i64) = self
-            .bounded(async {
-                let mut conn = self.connection();
-                let mut invocation = self.rate_script.key(self.keys.rate_limit(scope));
-                invocation.arg(interval).arg(tolerance);
-                Ok(invocation.invoke_async(&mut conn).await?)
-            })
-            .await?;
-        let duration = |us: i64| Duration::from_micros(u64::try_from(us).unwrap_or(0));
-        Ok(RateDecision {
-            allowed: allowed == 1,
-            remaining: u32::try_from(remaining).unwrap_or(0),
-            retry_after: duration(retry_after),
-            reset: duration(reset),
-        })
-    }
-
-    /// Releases an idempotency claim whose request was not produced, so that a
-    /// retry can go through.
-    ///
-    /// # Errors
-    /// [`StoreError`] when Redis does not acknowledge.
-    pub async fn release_idempotency(&self, scope: &str) -> Result<(), StoreError> {
-        let key = self.keys.idempotency(scope);
-        self.bounded(async {
-            let mut conn = self.connection();
-            redis::cmd("DEL")
-                .arg(&key)
-                .query_async::<()>(&mut conn)
-                .await?;
-            Ok(())
-        })
-        .await
-    }
-
     /// Stores a batch of replies and notifies their waiting nodes: one pipelined
     /// round trip of [`STORE_REPLY_LUA`] calls. Returns, per reply, whether it was
     /// stored (`false`: a reply for that id was stored before).
@@ -679,15 +482,33 @@ impl Store {
         let build = || {
             let mut pipe = redis::pipe();
             for reply in replies {
-                pipe.cmd("EVALSHA")
-                    .arg(self.store_script.get_hash())
-                    .arg(2)
-                    .arg(self.keys.reply(&reply.id))
-                    .arg(self.keys.waiters(&reply.id))
-                    .arg(&reply.encoded)
-                    .arg(ttl)
-                    .arg(&channel_prefix)
-                    .arg(&reply.id);
+                match reply.part {
+                    None => pipe
+                        .cmd("EVALSHA")
+                        .arg(self.store_script.get_hash())
+                        .arg(4)
+                        .arg(self.keys.reply(&reply.id))
+                        .arg(self.keys.waiters(&reply.id))
+                        .arg(self.keys.callback(&reply.id))
+                        .arg(self.keys.deliveries())
+                        .arg(&reply.encoded)
+                        .arg(ttl)
+                        .arg(&channel_prefix)
+                        .arg(&reply.id),
+                    Some((part, last)) => pipe
+                        .cmd("EVALSHA")
+                        .arg(self.part_script.get_hash())
+                        .arg(3)
+                        .arg(self.keys.parts(&reply.id))
+                        .arg(self.keys.waiters(&reply.id))
+                        .arg(self.keys.reply(&reply.id))
+                        .arg(&reply.encoded)
+                        .arg(ttl)
+                        .arg(&channel_prefix)
+                        .arg(&reply.id)
+                        .arg(part)
+                        .arg(u8::from(last)),
+                };
             }
             pipe
         };
@@ -699,10 +520,9 @@ impl Store {
                     if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                 {
                     // Redis restarted or flushed its scripts: load and retry once.
-                    self.store_script
-                        .prepare_invoke()
-                        .load_async(&mut conn)
-                        .await?;
+                    for script in [&self.store_script, &self.part_script] {
+                        script.prepare_invoke().load_async(&mut conn).await?;
+                    }
                     build().query_async(&mut conn).await?
                 }
                 other => other?,
@@ -724,25 +544,5 @@ mod tests {
         assert_eq!(keys.waiters("abc"), "rw:{abc}:waiters");
         assert_eq!(keys.reply("abc"), "rw:{abc}:reply");
         assert_eq!(keys.channel("n1"), "rw:node:n1");
-    }
-
-    #[test]
-    fn stored_reply_round_trips_with_binary_body() {
-        let mut reply = Reply::with_body(409, "application/json", vec![0u8, b'\n', 255, b'{']);
-        reply.headers.push(("etag".into(), "\"7\"".into()));
-        let encoded = encode_reply(&reply);
-        assert_eq!(decode_reply(&encoded).unwrap(), reply);
-        let mut notification = b"id-1\n".to_vec();
-        notification.extend_from_slice(&encoded);
-        let (id, decoded) = decode_notification(&notification).unwrap();
-        assert_eq!(id, "id-1");
-        assert_eq!(decoded, reply);
-    }
-
-    #[test]
-    fn garbage_is_not_a_stored_reply() {
-        assert!(decode_reply(b"no newline").is_err());
-        assert!(decode_reply(b"not json\nbody").is_err());
-        assert!(decode_notification(b"only-an-id").is_err());
     }
 }

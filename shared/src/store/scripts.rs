@@ -5,10 +5,21 @@
 /// publishes it to every waiting node, in one atomic step. The waiters set is then
 /// dropped: a node that joins later finds the reply when it reads the key.
 ///
-/// KEYS: reply, waiters. ARGV: stored reply, TTL in ms, channel prefix, id.
+/// When the request asked for a callback (its callback record exists), the
+/// delivery is added to the stream of deliveries in the same step: a reply
+/// is never stored without its delivery. (The stream has a slot of its own:
+/// this script touches two slots.)
+///
+/// KEYS: reply, waiters, and optionally callback record, deliveries stream.
+/// ARGV: stored reply, TTL in ms, channel prefix, id.
 /// Returns 1 when stored, 0 when a reply was stored before.
 pub const STORE_REPLY_LUA: &str = r"
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+if KEYS[4] and redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('HSET', KEYS[3], 'reply', ARGV[1], 'state', 'pending', 'attempts', 0)
+  redis.call('PERSIST', KEYS[3])
+  redis.call('XADD', KEYS[4], '*', 'id', ARGV[4])
+end
 local nodes = redis.call('SMEMBERS', KEYS[2])
 if #nodes > 0 then
   local message = ARGV[4] .. '\n' .. ARGV[1]
@@ -20,19 +31,23 @@ return 1
 
 /// Joins a node to the waiters of a pending request, then reads the reply.
 ///
-/// KEYS: pending, waiters, reply. ARGV: node id.
+/// While the pending record (or, without one, a streamed reply's parts)
+/// lives, the node joins the waiters set for what is left of its TTL.
+///
+/// KEYS: pending, waiters, reply, parts. ARGV: node id.
 /// Returns `{reply or false, route or false, principal or false, cancelled
-/// or false}`; route, principal and the cancelled mark are there while the
-/// request's pending record lives. The waiters set expires with the pending
-/// record.
+/// or false, 1 when parts of a streamed reply are stored else 0}`; route,
+/// principal and the cancelled mark are there while the request's pending
+/// record lives. The waiters set expires with the pending record.
 pub const JOIN_AND_READ_LUA: &str = r"
 local ttl = redis.call('PTTL', KEYS[1])
+if ttl <= 0 then ttl = redis.call('PTTL', KEYS[4]) end
 if ttl > 0 then
   redis.call('SADD', KEYS[2], ARGV[1])
   redis.call('PEXPIRE', KEYS[2], ttl)
 end
 local pending = redis.call('HMGET', KEYS[1], 'route', 'principal', 'cancelled')
-return {redis.call('GET', KEYS[3]), pending[1], pending[2], pending[3]}
+return {redis.call('GET', KEYS[3]), pending[1], pending[2], pending[3], redis.call('EXISTS', KEYS[4])}
 ";
 
 /// Records a request as pending and, with a node id, makes that node its waiter.

@@ -518,6 +518,7 @@ fn redis_page_names_every_key_channel_and_script() {
         ("pending", keys.pending("<id>")),
         ("waiters", keys.waiters("<id>")),
         ("reply", keys.reply("<id>")),
+        ("parts", keys.parts("<id>")),
         ("idempotency", keys.idempotency("<digest>")),
         ("rate_limit", keys.rate_limit("<digest>")),
         ("channel", keys.channel("<node-id>")),

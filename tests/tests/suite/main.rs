@@ -3,6 +3,7 @@
 //! binary's broker (`Broker::shared`); those that stop or restart a broker
 //! start their own.
 
+mod callbacks;
 mod cancellation;
 mod compose;
 mod docs;
@@ -22,4 +23,5 @@ mod route_intent;
 mod schemas;
 mod sdk;
 mod security;
+mod streams;
 mod websocket;

@@ -402,3 +402,29 @@ async fn a_live_socket_is_kept_and_a_silent_one_closed() -> TestResult {
     );
     stack.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_streamed_reply_comes_as_a_frame_per_part() -> TestResult {
+    let stack = Stack::start(options(1)).await?;
+    let mut socket = connect(&stack, 0).await?;
+    send(
+        &mut socket,
+        &json!({ "id": "s", "route": "POST /echo", "body": { "parts": 3, "tag": "ws" } }),
+    )
+    .await?;
+    let accepted = next(&mut socket).await?;
+    assert_eq!(accepted["type"], "accepted");
+    for n in 0..3 {
+        let part = next(&mut socket).await?;
+        assert_eq!(
+            (part["id"].as_str(), part["type"].as_str()),
+            (Some("s"), Some("part"))
+        );
+        assert_eq!(part["part"], n);
+        assert_eq!(part["last"], n == 2);
+        assert_eq!(part["body"], json!({ "part": n, "of": 3, "tag": "ws" }));
+        assert_eq!(part["correlation_id"], accepted["correlation_id"]);
+    }
+    socket.close(None).await?;
+    stack.shutdown().await
+}
