@@ -27,7 +27,7 @@ use rdkafka::{ClientContext, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use replyway_shared::backoff::Backoff;
-use replyway_shared::record::{ReplyError, reply_from_message};
+use replyway_shared::record::{ReplyError, header_pairs, reply_from_message};
 use replyway_shared::store::{Keys, ReplyToStore, Store, encode_reply};
 use replyway_shared::trace::{TraceContext, continue_trace};
 
@@ -233,13 +233,7 @@ impl Collector {
             );
             match parsed {
                 Ok((id, reply)) => {
-                    let parent = TraceContext::from_headers(
-                        message
-                            .headers()
-                            .into_iter()
-                            .flat_map(|h| h.iter())
-                            .map(|h| (h.key, h.value)),
-                    );
+                    let parent = TraceContext::from_headers(header_pairs(message));
                     if let Some(parent) = parent {
                         let span = tracing::info_span!("collector.store_reply", otel.kind = "consumer", correlation_id = %id);
                         continue_trace(&span, Some(&parent));

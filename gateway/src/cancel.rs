@@ -11,15 +11,13 @@ use std::sync::Arc;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use replyway_shared::exchange::{CancelError, Cancellation};
-use replyway_shared::record::is_valid_correlation_id;
 use replyway_shared::store::Lookup;
 
 use crate::metrics::CancelLabel;
-use crate::observe::Label;
-use crate::pickup::{REPLIES_ROUTE, owns};
+use crate::pickup::{REPLIES_ROUTE, answered, owns, reply_id};
 use crate::problem::GatewayError;
 use crate::reply::cancelled_response;
 use crate::routes::Route;
@@ -118,16 +116,11 @@ pub async fn delete_reply(
     headers: HeaderMap,
 ) -> Response {
     tracing::Span::current().record("route", REPLIES_ROUTE);
-    let result = match id {
-        Ok(Path(id)) => cancel_request(&state, id, &headers).await,
-        Err(_) => Err(GatewayError::BadRequest("malformed correlation id".into())),
+    let result = match reply_id(&state, id) {
+        Ok(id) => cancel_request(&state, id, &headers).await,
+        Err(e) => Err(e),
     };
-    if let Err(e) = &result {
-        state.count_error(e);
-    }
-    let mut response = result.unwrap_or_else(IntoResponse::into_response);
-    response.extensions_mut().insert(Label::Own(REPLIES_ROUTE));
-    response
+    answered(&state, result)
 }
 
 /// `202` `cancelled` when the request was pending (also when it was
@@ -138,13 +131,6 @@ async fn cancel_request(
     id: String,
     headers: &HeaderMap,
 ) -> Result<Response, GatewayError> {
-    if !is_valid_correlation_id(&id) {
-        return Err(GatewayError::BadRequest("malformed correlation id".into()));
-    }
-    tracing::Span::current().record("correlation_id", id.as_str());
-    if state.signer.as_ref().is_some_and(|s| !s.verify(&id)) {
-        return Err(GatewayError::UnknownReply(id));
-    }
     let caller = state
         .auth
         .identify(headers)

@@ -29,11 +29,40 @@ pub async fn get_reply(
     headers: HeaderMap,
 ) -> Response {
     tracing::Span::current().record("route", REPLIES_ROUTE);
-    let result = match id {
-        Ok(Path(id)) => lookup(&state, id, &headers).await,
-        // Not valid percent-encoded UTF-8: a malformed id like any other.
-        Err(_) => Err(GatewayError::BadRequest("malformed correlation id".into())),
+    let result = match reply_id(&state, id) {
+        Ok(id) => lookup(&state, id, &headers).await,
+        Err(e) => Err(e),
     };
+    answered(&state, result)
+}
+
+/// The correlation id of a `/v1/replies/{id}` path, checked: `400` when
+/// malformed (also when not percent-encoded UTF-8), unknown when not signed
+/// by this deployment (without asking Redis).
+///
+/// # Errors
+/// [`GatewayError::BadRequest`], [`GatewayError::UnknownReply`].
+pub fn reply_id(
+    state: &AppState,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<String, GatewayError> {
+    let malformed = || GatewayError::BadRequest("malformed correlation id".into());
+    let Ok(Path(id)) = id else {
+        return Err(malformed());
+    };
+    if !is_valid_correlation_id(&id) {
+        return Err(malformed());
+    }
+    tracing::Span::current().record("correlation_id", id.as_str());
+    if state.signer.as_ref().is_some_and(|s| !s.verify(&id)) {
+        return Err(GatewayError::UnknownReply(id));
+    }
+    Ok(id)
+}
+
+/// The answer of a `/v1/replies/{id}` handler: a problem counted, and
+/// labelled with the route `replies`.
+pub fn answered(state: &AppState, result: Result<Response, GatewayError>) -> Response {
     if let Err(e) = &result {
         state.count_error(e);
     }
@@ -47,14 +76,6 @@ async fn lookup(
     id: String,
     headers: &HeaderMap,
 ) -> Result<Response, GatewayError> {
-    if !is_valid_correlation_id(&id) {
-        return Err(GatewayError::BadRequest("malformed correlation id".into()));
-    }
-    tracing::Span::current().record("correlation_id", id.as_str());
-    if state.signer.as_ref().is_some_and(|s| !s.verify(&id)) {
-        // Not issued here: unknown, without asking Redis.
-        return Err(GatewayError::UnknownReply(id));
-    }
     let prefer =
         Prefer::from_headers(headers).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
     let wait = prefer

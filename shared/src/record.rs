@@ -290,13 +290,18 @@ impl Request {
     /// # Errors
     /// As [`Request::parse`].
     pub fn from_message<M: Message>(message: &M) -> Result<Self, RequestError> {
-        let headers = message
-            .headers()
-            .into_iter()
-            .flat_map(|h| h.iter())
-            .map(|h| (h.key, h.value));
-        Self::parse(message.key(), headers, message.payload())
+        Self::parse(message.key(), header_pairs(message), message.payload())
     }
+}
+
+/// A Kafka message's headers as `(name, value)` pairs, the form every parser
+/// of the record contract reads.
+pub fn header_pairs<M: Message>(message: &M) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
+    message
+        .headers()
+        .into_iter()
+        .flat_map(|h| h.iter())
+        .map(|h| (h.key, h.value))
 }
 
 /// The headers of the cancel record of command `correlation_id`: produced to
@@ -332,13 +337,7 @@ pub fn cancelled_id<'a>(
 
 /// [`cancelled_id`] of a Kafka message.
 pub fn cancelled_id_of<M: Message>(message: &M) -> Option<String> {
-    cancelled_id(
-        message
-            .headers()
-            .into_iter()
-            .flat_map(|h| h.iter())
-            .map(|h| (h.key, h.value)),
-    )
+    cancelled_id(header_pairs(message))
 }
 
 #[cfg(test)]

@@ -57,7 +57,7 @@ pub(super) fn get_reply(settings: &Settings) -> Operation {
         "RFC 7240 preferences; others are ignored. `wait=N`: while the request is pending, wait up to N seconds (capped at {}) for its reply before answering `202`. A `wait` that is not a whole number of seconds (0–4294967295), or a value that is not visible ASCII: `400`.",
         human(settings.max_poll_wait)
     ));
-    let mut operation = own(
+    let operation = own(
         "Fetch a reply",
         format!(
             "The reply of a request by its correlation id, on any gateway replica, while it is stored ({}). Also for requests that timed out (`504`) or were answered `202`. A reply the service streams in parts comes as Server-Sent Events (`Accept: text/event-stream`) or NDJSON (`Accept: application/x-ndjson`) as the parts arrive, else joined as a JSON array once the last is there. The reply of a request made by an authenticated principal goes only to that principal (credentials of any configured kind).",
@@ -116,23 +116,12 @@ pub(super) fn get_reply(settings: &Settings) -> Operation {
             vec![("retry-after", retry_after_header("the gateway's `503`"))],
         ),
     );
-    // Without [auth], credentials are ignored: no 401 here.
-    if !settings.auth.api_keys.is_empty() || settings.auth.jwt.is_some() {
-        operation = operation.response(
-            "401",
-            problem_response(
-                "Credentials were sent that do not check out as an API key or a JWT (`unauthenticated`).",
-                &[ProblemKind::Unauthenticated],
-                challenge_headers(),
-            ),
-        );
-    }
-    operation.build()
+    with_refused_credentials(operation, settings, "").build()
 }
 
 /// `DELETE /v1/replies/{id}`.
 pub(super) fn delete_reply(settings: &Settings) -> Operation {
-    let mut operation = own(
+    let operation = own(
         "Cancel a request",
         "Cancels a pending request by its correlation id, on any gateway replica: its pending record is marked cancelled and a cancel record (`cancel: true`, same `correlation-id`) is produced to the command's topic with its key, after the command; a service skips the command if it has not started it, or is told to stop it. A reply that still comes is stored and served as usual. Only the principal that made the request may cancel it.",
         "cancelRequest",
@@ -183,23 +172,13 @@ pub(super) fn delete_reply(settings: &Settings) -> Operation {
             vec![("retry-after", retry_after_header("the gateway's `503`"))],
         ),
     );
-    if !settings.auth.api_keys.is_empty() || settings.auth.jwt.is_some() {
-        operation = operation.response(
-            "401",
-            problem_response(
-                "Credentials were sent that do not check out as an API key or a JWT (`unauthenticated`).",
-                &[ProblemKind::Unauthenticated],
-                challenge_headers(),
-            ),
-        );
-    }
-    operation.build()
+    with_refused_credentials(operation, settings, "").build()
 }
 
 /// `GET /v1/ws`, with `websocket.enabled`.
 pub(super) fn websocket(settings: &Settings) -> Operation {
     let ws = &settings.websocket;
-    let mut operation = own(
+    let operation = own(
         "Commands over a WebSocket",
         format!(
             "Upgrades (HTTP/1.1 `Upgrade: websocket`) to a socket on which the client sends commands as JSON text frames `{{\"id\", \"route\": \"METHOD /path\", \"headers\", \"body\"}}` — each run through the same routes, authentication (the upgrade request's credentials), rate limits and schemas as an HTTP request — and receives `accepted` (with the correlation id), `reply` (status, headers, body) and `error` frames, matched by `id`. At most {} commands of a socket in flight (then no frame is read until one is answered); frames of at most {} bytes; a ping every {}. A socket that drops cancels nothing: each reply stays fetchable at `/v1/replies/{{correlation_id}}`.",
@@ -221,17 +200,29 @@ pub(super) fn websocket(settings: &Settings) -> Operation {
             Vec::new(),
         ),
     );
-    if !settings.auth.api_keys.is_empty() || settings.auth.jwt.is_some() {
-        operation = operation.response(
-            "401",
-            problem_response(
-                "Credentials were sent that do not check out as an API key or a JWT (`unauthenticated`); no socket.",
-                &[ProblemKind::Unauthenticated],
-                challenge_headers(),
-            ),
-        );
+    with_refused_credentials(operation, settings, "; no socket").build()
+}
+
+/// `401` for credentials that do not check out; without `[auth]`, credentials
+/// are ignored and there is none.
+fn with_refused_credentials(
+    operation: OperationBuilder,
+    settings: &Settings,
+    then: &str,
+) -> OperationBuilder {
+    if settings.auth.api_keys.is_empty() && settings.auth.jwt.is_none() {
+        return operation;
     }
-    operation.build()
+    operation.response(
+        "401",
+        problem_response(
+            &format!(
+                "Credentials were sent that do not check out as an API key or a JWT (`unauthenticated`){then}."
+            ),
+            &[ProblemKind::Unauthenticated],
+            challenge_headers(),
+        ),
+    )
 }
 
 /// The `{id}` path parameter of `/v1/replies/{id}`.

@@ -2,7 +2,7 @@
 //! Kafka headers (see docs/records.md).
 
 use bytes::Bytes;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 
 use super::{header, is_valid_correlation_id};
 
@@ -256,17 +256,18 @@ pub fn reply_from_message<M: Message>(
     message: &M,
     max_value: usize,
 ) -> Result<(String, Reply), ReplyError> {
-    let headers = message
-        .headers()
-        .into_iter()
-        .flat_map(|h| h.iter())
-        .map(|h| (h.key, h.value));
-    parse_reply(message.key(), headers, message.payload(), max_value)
+    parse_reply(
+        message.key(),
+        super::header_pairs(message),
+        message.payload(),
+        max_value,
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdkafka::message::Headers as _;
 
     fn h<'a>(pairs: &'a [(&'a str, &'a str)]) -> Vec<(&'a str, Option<&'a [u8]>)> {
         pairs

@@ -365,15 +365,7 @@ impl Store {
     pub async fn drop_delivery(&self, delivery: &Delivery) -> Result<(), StoreError> {
         let stream = self.keys.deliveries();
         let mut pipe = redis::pipe();
-        pipe.cmd("XACK")
-            .arg(&stream)
-            .arg(DELIVERY_GROUP)
-            .arg(&delivery.entry)
-            .ignore()
-            .cmd("XDEL")
-            .arg(&stream)
-            .arg(&delivery.entry)
-            .ignore();
+        ack_and_delete(&mut pipe, &stream, &delivery.entry);
         self.bounded(async {
             let mut conn = self.connection();
             pipe.query_async::<()>(&mut conn).await?;
@@ -427,16 +419,8 @@ impl Store {
                 pipe.hdel(&key, "reply")
                     .ignore()
                     .pexpire(&key, ttl)
-                    .ignore()
-                    .cmd("XACK")
-                    .arg(&stream)
-                    .arg(DELIVERY_GROUP)
-                    .arg(&delivery.entry)
-                    .ignore()
-                    .cmd("XDEL")
-                    .arg(&stream)
-                    .arg(&delivery.entry)
                     .ignore();
+                ack_and_delete(&mut pipe, &stream, &delivery.entry);
             }
         }
         self.bounded(async {
@@ -446,4 +430,18 @@ impl Store {
         })
         .await
     }
+}
+
+/// Adds to `pipe` the end of a delivery's stream entry: acknowledged for
+/// the group, then deleted.
+fn ack_and_delete(pipe: &mut redis::Pipeline, stream: &str, entry: &str) {
+    pipe.cmd("XACK")
+        .arg(stream)
+        .arg(DELIVERY_GROUP)
+        .arg(entry)
+        .ignore()
+        .cmd("XDEL")
+        .arg(stream)
+        .arg(entry)
+        .ignore();
 }
