@@ -139,7 +139,8 @@ impl Collector {
             Keys::new(&settings.redis.prefix),
             settings.redis.timeout,
             settings.redis.ttl,
-        );
+        )
+        .with_min_replicas(settings.redis.min_replicas);
         tracing::info!(
             topics = ?settings.topics,
             group_id = %settings.group_id,

@@ -207,7 +207,8 @@ impl Node {
             Keys::new(&redis.prefix),
             redis.timeout,
             redis.ttl,
-        );
+        )
+        .with_min_replicas(redis.min_replicas);
         let producer: FutureProducer = kafka
             .producer_config()
             .create()
@@ -363,7 +364,7 @@ impl Node {
         async move {
             // Invariant 1: listening before anything can reply.
             let waiter = ticket.map(|ticket| ticket.register(&id));
-            inner
+            let created = inner
                 .store
                 .create_pending(
                     &id,
@@ -376,7 +377,17 @@ impl Node {
                     },
                     waiter.as_ref().map(|_| inner.id.as_str()),
                 )
-                .await?;
+                .await;
+            if let Err(e) = created {
+                // On the master but not on enough replicas: nothing is
+                // produced, so the record goes (invariant 2).
+                if matches!(e, StoreError::NotReplicated { .. })
+                    && let Err(cleanup) = inner.store.delete_pending(&id).await
+                {
+                    tracing::warn!(correlation_id = %id, error = %cleanup, "could not remove an unreplicated pending record; it expires with its TTL");
+                }
+                return Err(e.into());
+            }
 
             let record = FutureRecord::to(topic)
                 .key(&key[..])

@@ -166,6 +166,10 @@ pub struct RedisSettings {
     pub timeout: Duration,
     /// Multiplexed connections per process (concurrent operations share them).
     pub pool_size: usize,
+    /// Replicas that must have a write before it counts (Redis `WAIT`, within
+    /// `timeout`): a collector stores a batch's offsets, and a gateway goes on
+    /// with a request, only then. `0`: the master's acknowledgement is enough.
+    pub min_replicas: u32,
 }
 
 impl Default for RedisSettings {
@@ -176,9 +180,13 @@ impl Default for RedisSettings {
             ttl: Duration::from_secs(600),
             timeout: Duration::from_secs(2),
             pool_size: 2,
+            min_replicas: 0,
         }
     }
 }
+
+/// Most replicas `redis.min_replicas` may ask for.
+pub const MAX_MIN_REPLICAS: u32 = 16;
 
 /// A setting that is out of bounds.
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +243,12 @@ impl RedisSettings {
         }
         if self.pool_size == 0 || self.pool_size > 64 {
             return Err(InvalidSetting::new("redis.pool_size", "must be 1 to 64"));
+        }
+        if self.min_replicas > MAX_MIN_REPLICAS {
+            return Err(InvalidSetting::new(
+                "redis.min_replicas",
+                format!("must be 0 to {MAX_MIN_REPLICAS}"),
+            ));
         }
         Ok(())
     }

@@ -16,6 +16,8 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     /// TLS only (a self-signed certificate) with this password.
     secure: Option<String>,
+    /// A replica of the server on this port.
+    replica_of: Option<u16>,
 }
 
 impl RedisServer {
@@ -26,9 +28,38 @@ impl RedisServer {
             port: free_port(),
             dir: tempfile::tempdir()?,
             secure: None,
+            replica_of: None,
         };
         server.restart()?;
         Ok(server)
+    }
+
+    /// Starts a replica of `master` on a free port (its data arrives by
+    /// Redis's replication; see [`RedisServer::replicas_online`]).
+    pub fn start_replica_of(master: &Self) -> anyhow::Result<Self> {
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir()?,
+            secure: None,
+            replica_of: Some(master.port),
+        };
+        server.restart()?;
+        Ok(server)
+    }
+
+    /// How many replicas are connected to this server and in sync (`INFO
+    /// replication`: `state=online`).
+    pub async fn replicas_online(&self) -> anyhow::Result<usize> {
+        let mut conn = self.connection().await?;
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut conn)
+            .await?;
+        Ok(info
+            .lines()
+            .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+            .count())
     }
 
     /// Starts one that speaks only TLS (a self-signed certificate made with the
@@ -53,6 +84,7 @@ impl RedisServer {
             port: free_port(),
             dir,
             secure: Some(password.to_owned()),
+            replica_of: None,
         };
         server.restart()?;
         Ok(server)
@@ -79,6 +111,9 @@ impl RedisServer {
                 .arg(self.dir.path().join("key.pem"))
                 .args(["--requirepass", password]),
         };
+        if let Some(master) = self.replica_of {
+            command.args(["--replicaof", "127.0.0.1", &master.to_string()]);
+        }
         let child = command
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")

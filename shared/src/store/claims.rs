@@ -65,7 +65,7 @@ impl Store {
         ttl: Duration,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        let answer: Vec<redis::Value> = self
+        let (answer, conn): (Vec<redis::Value>, _) = self
             .bounded(async {
                 let mut conn = self.connection();
                 let mut invocation = self.claim_script.key(self.keys.idempotency(scope));
@@ -74,9 +74,11 @@ impl Store {
                     .arg(fingerprint)
                     .arg(ttl_ms(ttl))
                     .arg(ttl_ms(lease));
-                Ok(invocation.invoke_async(&mut conn).await?)
+                Ok((invocation.invoke_async(&mut conn).await?, conn))
             })
             .await?;
+        // A claim a failover could lose would let a retry produce again.
+        self.replicated(conn).await?;
         let text = |i: usize| -> Option<String> {
             answer
                 .get(i)

@@ -111,6 +111,15 @@ pub enum StoreError {
     /// A script answered outside its contract.
     #[error("redis answered out of contract: {0}")]
     Malformed(String),
+    /// Fewer replicas than `redis.min_replicas` acknowledged the write in
+    /// time (it is on the master, and may be lost if the master fails).
+    #[error("{acked} of {wanted} replicas acknowledged the write")]
+    NotReplicated {
+        /// Replicas that did.
+        acked: u32,
+        /// `redis.min_replicas`.
+        wanted: u32,
+    },
 }
 
 /// What the pending record says of a request.
@@ -191,6 +200,8 @@ pub struct Store {
     timeout: Duration,
     ttl: Duration,
     store_script: redis::Script,
+    /// Replicas that must acknowledge a write (`WAIT`) before it counts.
+    min_replicas: u32,
     part_script: redis::Script,
     join_script: redis::Script,
     claim_script: redis::Script,
@@ -234,6 +245,7 @@ impl Store {
             timeout,
             ttl,
             store_script: redis::Script::new(STORE_REPLY_LUA),
+            min_replicas: 0,
             part_script: redis::Script::new(STORE_PART_LUA),
             join_script: redis::Script::new(JOIN_AND_READ_LUA),
             claim_script: redis::Script::new(CLAIM_IDEMPOTENCY_LUA),
@@ -242,6 +254,45 @@ impl Store {
             cancel_script: redis::Script::new(CANCEL_PENDING_LUA),
             rate_script: redis::Script::new(RATE_LIMIT_LUA),
         }
+    }
+
+    /// Writes count once `min_replicas` replicas acknowledged them (`WAIT`
+    /// within the timeout); see [`Store::replicated`].
+    #[must_use]
+    pub fn with_min_replicas(mut self, min_replicas: u32) -> Self {
+        self.min_replicas = min_replicas;
+        self
+    }
+
+    /// After writes on `conn`: waits until `min_replicas` replicas have them
+    /// (`WAIT` covers every write this connection made before it), for at
+    /// most three quarters of the timeout. Nothing to wait for with
+    /// `min_replicas = 0`.
+    ///
+    /// # Errors
+    /// [`StoreError::NotReplicated`] when fewer replicas acknowledged.
+    async fn replicated(&self, mut conn: ConnectionManager) -> Result<(), StoreError> {
+        if self.min_replicas == 0 {
+            return Ok(());
+        }
+        let within = u64::try_from((self.timeout * 3 / 4).as_millis()).unwrap_or(u64::MAX);
+        let acked: i64 = self
+            .bounded(async {
+                Ok(redis::cmd("WAIT")
+                    .arg(self.min_replicas)
+                    .arg(within.max(1))
+                    .query_async(&mut conn)
+                    .await?)
+            })
+            .await?;
+        let acked = u32::try_from(acked).unwrap_or(0);
+        if acked < self.min_replicas {
+            return Err(StoreError::NotReplicated {
+                acked,
+                wanted: self.min_replicas,
+            });
+        }
+        Ok(())
     }
 
     /// How long replies and pending records are kept: until then a reply can
@@ -302,12 +353,14 @@ impl Store {
             .arg(pending.principal.unwrap_or_default())
             .arg(pending.topic)
             .arg(pending.key);
-        self.bounded(async {
-            let mut conn = self.connection();
-            invocation.invoke_async::<()>(&mut conn).await?;
-            Ok(())
-        })
-        .await
+        let conn = self
+            .bounded(async {
+                let mut conn = self.connection();
+                invocation.invoke_async::<()>(&mut conn).await?;
+                Ok(conn)
+            })
+            .await?;
+        self.replicated(conn).await
     }
 
     /// Marks pending request `id` cancelled ([`CANCEL_PENDING_LUA`]).
@@ -512,24 +565,29 @@ impl Store {
             }
             pipe
         };
-        self.bounded(async {
-            let mut conn = self.connection();
-            let result: Result<Vec<i64>, _> = build().query_async(&mut conn).await;
-            let stored = match result {
-                Err(e)
-                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    // Redis restarted or flushed its scripts: load and retry once.
-                    for script in [&self.store_script, &self.part_script] {
-                        script.prepare_invoke().load_async(&mut conn).await?;
+        let (stored, conn) = self
+            .bounded(async {
+                let mut conn = self.connection();
+                let result: Result<Vec<i64>, _> = build().query_async(&mut conn).await;
+                let stored = match result {
+                    Err(e)
+                        if e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        // Redis restarted or flushed its scripts: load and retry once.
+                        for script in [&self.store_script, &self.part_script] {
+                            script.prepare_invoke().load_async(&mut conn).await?;
+                        }
+                        build().query_async(&mut conn).await?
                     }
-                    build().query_async(&mut conn).await?
-                }
-                other => other?,
-            };
-            Ok(stored.into_iter().map(|n| n == 1).collect())
-        })
-        .await
+                    other => other?,
+                };
+                Ok((stored.into_iter().map(|n| n == 1).collect(), conn))
+            })
+            .await?;
+        // A batch counts (its offsets are stored) once its replicas have it.
+        self.replicated(conn).await?;
+        Ok(stored)
     }
 }
 

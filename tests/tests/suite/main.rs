@@ -17,6 +17,7 @@ mod lanes;
 mod ledger;
 mod operations;
 mod python_service;
+mod replication;
 mod request_reply;
 mod responders;
 mod route_intent;
