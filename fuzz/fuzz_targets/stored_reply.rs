@@ -18,6 +18,9 @@ struct AnyReply {
     content_type: Option<String>,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    /// A part of a streamed reply, and whether it is the last.
+    part: Option<u32>,
+    last: bool,
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -49,6 +52,8 @@ fuzz_target!(|data: &[u8]| {
             content_type: any.content_type,
             headers: any.headers,
             body: Bytes::from(any.body),
+            part: any.part,
+            last: any.last,
         };
         let decoded =
             decode_reply(&encode_reply(&reply)).expect("encode_reply output does not decode");
