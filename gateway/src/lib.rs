@@ -101,6 +101,7 @@ pub async fn run(
         &state.settings,
         &shutdown,
         &state.grace_over,
+        &state.sessions,
     )
     .await;
     stop_watch.cancel();

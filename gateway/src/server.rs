@@ -68,9 +68,10 @@ fn head_too_large(request: &axum::extract::Request, max: usize) -> bool {
 }
 
 /// Serves `app` on `listener` (TLS when `tls` is set) until `shutdown`; then
-/// stops accepting, lets requests in flight finish for at most
-/// `shutdown_grace`; then cancels `grace_over` (the requests still waiting
-/// answer at once) and closes what remains.
+/// stops accepting, lets requests in flight — and the WebSocket sessions in
+/// `sessions`, which the HTTP server no longer tracks once upgraded — finish
+/// for at most `shutdown_grace`; then cancels `grace_over` (the requests
+/// still waiting answer at once) and closes what remains.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -78,6 +79,7 @@ pub async fn serve(
     settings: &Settings,
     shutdown: &CancellationToken,
     grace_over: &CancellationToken,
+    sessions: &tokio_util::task::TaskTracker,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
@@ -141,7 +143,11 @@ pub async fn serve(
     }
     drop(listener);
     tracing::info!(grace = ?settings.shutdown_grace, "shutting down: no new connections; finishing requests in flight");
-    let drained = graceful.shutdown();
+    sessions.close();
+    let drained = async {
+        graceful.shutdown().await;
+        sessions.wait().await;
+    };
     tokio::pin!(drained);
     tokio::select! {
         () = &mut drained => {}

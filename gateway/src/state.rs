@@ -45,6 +45,8 @@ pub struct Inner {
     /// Cancelled when `shutdown_grace` has run out: requests still waiting
     /// answer at once.
     pub grace_over: CancellationToken,
+    /// The open WebSocket sessions (the stop waits for them, as for requests).
+    pub sessions: tokio_util::task::TaskTracker,
     /// The settings the configuration was built from.
     pub settings: Settings,
 }
@@ -93,6 +95,7 @@ impl AppState {
             tls,
             shutdown,
             grace_over: CancellationToken::new(),
+            sessions: tokio_util::task::TaskTracker::new(),
             settings,
         }))
     }

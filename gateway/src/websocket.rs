@@ -21,8 +21,10 @@
 //! that holds the socket through its node channel, as for HTTP. A socket that
 //! drops loses nothing: its commands are not cancelled, and each reply is
 //! still fetchable at `/v1/replies/{correlation_id}` (the `accepted` frame
-//! names it). A clean close (or the gateway's shutdown) drains: the commands
-//! in flight are answered, then the socket is closed. The gateway pings every
+//! names it). The gateway's stop drains: the commands in flight are
+//! answered, then the socket is closed (1000). A client's close frame is
+//! answered at once (no data frame may follow it), its commands left to
+//! finish with their replies fetchable. The gateway pings every
 //! `ping_interval` and closes a socket it has heard nothing from for two.
 
 use std::sync::Arc;
@@ -159,17 +161,21 @@ pub async fn upgrade(State(state): State<AppState>, request: Request<Body>) -> R
     let credentials = credentials(&state, &parts.headers);
     let peer = parts.extensions.get::<crate::PeerAddr>().copied();
     let router = crate::app::router(state.clone());
+    let sessions = state.sessions.clone();
     let mut response = upgrade
         .max_message_size(settings.max_frame_bytes.saturating_mul(4))
         .on_upgrade(move |socket| {
-            Session {
-                state,
-                router,
-                credentials,
-                peer,
-                settings,
-            }
-            .run(socket)
+            // Tracked, so that the gateway's stop waits for it to drain.
+            sessions.track_future(
+                Session {
+                    state,
+                    router,
+                    credentials,
+                    peer,
+                    settings,
+                }
+                .run(socket),
+            )
         });
     response
         .extensions_mut()
@@ -228,15 +234,18 @@ impl Session {
                     _ = ping.tick() => Message::Ping(Default::default()),
                 };
                 if sink.send(message).await.is_err() {
-                    return;
+                    break;
                 }
             }
+            // The gateway's close, after everything it had to send; when the
+            // client closed first, its close is answered (flushed) instead.
             let _ = sink
                 .send(Message::Close(Some(CloseFrame {
                     code: close_code::NORMAL,
                     reason: Utf8Bytes::from_static("done"),
                 })))
                 .await;
+            let _ = sink.close().await;
         });
         let permits = Arc::new(Semaphore::new(self.settings.max_in_flight.max(1)));
         let mut running = JoinSet::new();
@@ -277,7 +286,10 @@ impl Session {
                 // Pings are answered by the socket itself; pongs and pings
                 // show the client is there.
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(_))) | None => break true,
+                // The client closed: no data frame may follow its close, so
+                // it is answered at once; its commands go on, their replies
+                // stored and fetchable.
+                Some(Ok(Message::Close(_))) | None => break false,
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "WebSocket read failed");
                     break false;
@@ -285,10 +297,11 @@ impl Session {
             }
         };
         if clean {
-            // Drain: the commands in flight are answered first.
+            // The gateway stops: the commands in flight are answered first.
             while running.join_next().await.is_some() {}
         } else {
-            // Gone: nobody reads the answers; the replies stay fetchable.
+            // Closed or gone: nobody reads the answers; the replies stay
+            // fetchable (the commands carry `KeepOnDisconnect`).
             running.abort_all();
         }
         drop(out);

@@ -428,3 +428,75 @@ async fn a_streamed_reply_comes_as_a_frame_per_part() -> TestResult {
     socket.close(None).await?;
     stack.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_close_is_answered_and_a_gateway_stop_drains() -> TestResult {
+    let stack = Stack::start(StackOptions::default()).await?;
+    let mut settings = stack.gateway_settings.clone();
+    settings.websocket.enabled = true;
+    let (base, stop) = replyway_tests::probe::spawn_gateway(settings).await?;
+    let url = format!("{}/v1/ws", base.replacen("http://", "ws://", 1));
+    let slow = |id: &str| json!({ "id": id, "route": "POST /echo", "body": { "sleep_ms": 800, "id": id } });
+
+    // The client closes while its command runs: the gateway answers the
+    // close (a clean handshake, no reset); the reply is stored all the same.
+    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+    send(&mut socket, &slow("closing")).await?;
+    let accepted = next(&mut socket).await?;
+    let id = accepted["correlation_id"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    socket.send(Message::Close(None)).await?;
+    let mut ended = None;
+    while let Some(message) = tokio::time::timeout(Duration::from_secs(10), socket.next()).await? {
+        match message {
+            Ok(Message::Close(frame)) => ended = Some(Ok(frame)),
+            Ok(_) => {}
+            Err(e) => {
+                ended = Some(Err(e.to_string()));
+                break;
+            }
+        }
+    }
+    assert!(
+        matches!(ended, Some(Ok(_))),
+        "no close handshake: {ended:?}"
+    );
+    let fetched = eventually(Duration::from_secs(15), || async {
+        stack
+            .http
+            .get(format!("{base}/v1/replies/{id}"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(fetched, "the closed socket's reply was not stored");
+
+    // The gateway stops while a command runs: its reply comes first, then
+    // the gateway's close, 1000.
+    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+    send(&mut socket, &slow("draining")).await?;
+    assert_eq!(next(&mut socket).await?["type"], "accepted");
+    stop.cancel();
+    let mut frames = Vec::new();
+    let mut close = None;
+    while let Some(message) = tokio::time::timeout(Duration::from_secs(20), socket.next()).await? {
+        match message? {
+            Message::Text(text) => frames.push(serde_json::from_str::<Value>(&text)?),
+            Message::Close(frame) => {
+                close = frame;
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(
+        (frames[0]["type"].as_str(), frames[0]["status"].as_u64()),
+        (Some("reply"), Some(200))
+    );
+    assert_eq!(close.map(|c| u16::from(c.code)), Some(1000));
+    stack.shutdown().await
+}
