@@ -404,6 +404,10 @@ impl KafkaSettings {
                 ("auto.offset.reset", "earliest"),
                 ("enable.partition.eof", "false"),
                 ("session.timeout.ms", "10000"),
+                // Only what a transaction committed: a reply (or command) of
+                // an aborted transaction never reaches a client (librdkafka's
+                // default too, written down so that it stays).
+                ("isolation.level", "read_committed"),
             ],
             &self.consumer,
         );

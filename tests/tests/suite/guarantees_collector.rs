@@ -308,3 +308,65 @@ async fn collector_secrets_never_reach_its_help_log_or_metrics() -> TestResult {
     }
     stack.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reply_of_an_aborted_transaction_never_reaches_a_client() -> TestResult {
+    use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+    let stack = Stack::start(StackOptions::default()).await?;
+    let producer: FutureProducer = stack
+        .broker
+        .kafka_settings()
+        .producer_config()
+        .set("transactional.id", format!("{}-tx", stack.prefix))
+        .create()?;
+    let within = Duration::from_secs(20);
+    let transact = |id: &'static str, commit: bool| {
+        let (producer, topic) = (producer.clone(), stack.reply_topic.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            producer.begin_transaction()?;
+            // Both replies on one partition: the committed one comes after
+            // the aborted one, so once it is stored the other was read.
+            let record = FutureRecord::to(&topic)
+                .partition(0)
+                .key(id)
+                .payload(id)
+                .headers(
+                    rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+                        key: "correlation-id",
+                        value: Some(id),
+                    }),
+                );
+            producer.send_result(record).map_err(|(e, _)| e)?;
+            if commit {
+                producer.commit_transaction(within)?;
+            } else {
+                // In the log first, then aborted: a reader that does not
+                // skip aborted records would see it.
+                producer.flush(within)?;
+                producer.abort_transaction(within)?;
+            }
+            Ok(())
+        })
+    };
+    {
+        let producer = producer.clone();
+        tokio::task::spawn_blocking(move || producer.init_transactions(within)).await??;
+    }
+    transact("aborted-1", false).await??;
+    transact("committed-1", true).await??;
+    let url = |id: &str| stack.url(0, &format!("/v1/replies/{id}"));
+    let committed = eventually(Duration::from_secs(20), || async {
+        stack
+            .http
+            .get(url("committed-1"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(committed, "the committed reply was not stored");
+    let aborted = stack.http.get(url("aborted-1")).send().await?;
+    assert_eq!(aborted.status(), 404, "an aborted reply was stored");
+    stack.shutdown().await
+}
