@@ -69,6 +69,51 @@ pub fn reply_response(id: &str, reply: &Reply, allowed: Option<&HashSet<HeaderNa
     response
 }
 
+/// Whether `content_type` declares JSON: `application/json` or an
+/// `application/…+json` type, parameters and case aside (no allocation: it is
+/// read for every body a schema checks).
+pub fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+        || essence
+            .get(..12)
+            .is_some_and(|t| t.eq_ignore_ascii_case("application/"))
+            && essence
+                .get(essence.len().saturating_sub(5)..)
+                .is_some_and(|t| t.eq_ignore_ascii_case("+json"))
+}
+
+/// A reply's body carried inside JSON (a WebSocket frame, a callback, a
+/// streamed part): as the JSON it is when declared JSON and it parses, else as
+/// its text when UTF-8, else as base64.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BodyJson {
+    /// Declared JSON, and it parses: the value itself.
+    Json(serde_json::Value),
+    /// UTF-8 text.
+    Text(String),
+    /// Anything else: standard base64 with padding.
+    Base64(String),
+}
+
+impl BodyJson {
+    /// The body `bytes` of media type `content_type`.
+    pub fn of(content_type: Option<&str>, bytes: &[u8]) -> Self {
+        if content_type.is_some_and(is_json)
+            && let Ok(value) = serde_json::from_slice(bytes)
+        {
+            return Self::Json(value);
+        }
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Self::Text(text.to_owned()),
+            Err(_) => {
+                use base64::Engine as _;
+                Self::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+            }
+        }
+    }
+}
+
 /// The HTTP answer for a reply to a request of `route`: a 2xx reply is
 /// checked against the route's `reply_schema` first (a mismatch is `502`
 /// `invalid-reply`, counted by route).
@@ -125,4 +170,38 @@ fn accepted(id: &str, status: &'static str) -> Response {
     }
     headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_application_json_or_an_application_plus_json_type() {
+        for json in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/problem+json",
+        ] {
+            assert!(is_json(json), "{json}");
+        }
+        for other in ["text/plain", "text/x+json", "application/jsonl", ""] {
+            assert!(!is_json(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn a_body_is_carried_as_json_text_or_base64() {
+        let json = Some("application/json");
+        assert_eq!(
+            BodyJson::of(json, br#"{"a":1}"#),
+            BodyJson::Json(serde_json::json!({"a": 1}))
+        );
+        assert_eq!(BodyJson::of(json, b"{"), BodyJson::Text("{".into()));
+        assert_eq!(BodyJson::of(None, b"[1]"), BodyJson::Text("[1]".into()));
+        assert_eq!(
+            BodyJson::of(json, &[0, 255, 10]),
+            BodyJson::Base64("AP8K".into())
+        );
+    }
 }

@@ -576,15 +576,7 @@ fn check_schema(
     body: &[u8],
 ) -> Result<(), GatewayError> {
     let declared = content_type.unwrap_or("");
-    let essence = declared.split(';').next().unwrap_or("").trim();
-    let is_json = essence.eq_ignore_ascii_case("application/json")
-        || essence
-            .get(..12)
-            .is_some_and(|t| t.eq_ignore_ascii_case("application/"))
-            && essence
-                .get(essence.len().saturating_sub(5)..)
-                .is_some_and(|t| t.eq_ignore_ascii_case("+json"));
-    if !is_json {
+    if !crate::reply::is_json(declared) {
         let shown = if declared.is_empty() {
             "no Content-Type"
         } else {

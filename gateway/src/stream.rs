@@ -31,6 +31,7 @@ use replyway_shared::waiters::Waiter;
 
 use crate::CORRELATION_ID;
 use crate::problem::GatewayError;
+use crate::reply::BodyJson;
 
 /// How a client takes a streamed reply, by its `Accept` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,21 +253,15 @@ async fn pump(mut s: Streamed, delivery: Delivery, tx: mpsc::Sender<Result<Bytes
     }
 }
 
-/// A part's body as JSON: the body itself when it is JSON, else its text.
+/// A part's body as JSON: the body itself when it is JSON, else its text
+/// (bytes that are not UTF-8 as the text they decode to, as an SSE event
+/// shows them).
 fn body_value(part: &Reply) -> Value {
-    let is_json = part.content_type.as_deref().is_some_and(|ct| {
-        let essence = ct
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        essence == "application/json" || essence.ends_with("+json")
-    });
-    is_json
-        .then(|| serde_json::from_slice(&part.body).ok())
-        .flatten()
-        .unwrap_or_else(|| Value::String(String::from_utf8_lossy(&part.body).into_owned()))
+    match BodyJson::of(part.content_type.as_deref(), &part.body) {
+        BodyJson::Json(value) => value,
+        BodyJson::Text(text) => Value::String(text),
+        BodyJson::Base64(_) => Value::String(String::from_utf8_lossy(&part.body).into_owned()),
+    }
 }
 
 /// One part as an event or a line.

@@ -46,6 +46,7 @@ use tower::ServiceExt;
 
 use crate::observe::Label;
 use crate::problem::{GatewayError, ProblemKind};
+use crate::reply::BodyJson;
 use crate::state::AppState;
 use crate::stream::Streaming;
 
@@ -519,18 +520,10 @@ async fn reply_frame(id: &Value, response: Response) -> Value {
         .headers
         .get(&crate::CORRELATION_ID)
         .and_then(|v| v.to_str().ok());
-    let is_json = parts
+    let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|ct| {
-            ct.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .is_some_and(|ct| ct == "application/json" || ct.ends_with("+json"));
+        .and_then(|v| v.to_str().ok());
     let mut frame = json!({
         "id": id,
         "type": "reply",
@@ -538,17 +531,10 @@ async fn reply_frame(id: &Value, response: Response) -> Value {
         "headers": headers,
         "correlation_id": correlation_id,
     });
-    if let Some(json) = is_json
-        .then(|| serde_json::from_slice::<Value>(&bytes).ok())
-        .flatten()
-    {
-        frame["body"] = json;
-    } else if let Ok(text) = std::str::from_utf8(&bytes) {
-        frame["body"] = Value::String(text.to_owned());
-    } else {
-        use base64::Engine as _;
-        frame["body_base64"] =
-            Value::String(base64::engine::general_purpose::STANDARD.encode(&bytes));
+    match BodyJson::of(content_type, &bytes) {
+        BodyJson::Json(value) => frame["body"] = value,
+        BodyJson::Text(text) => frame["body"] = Value::String(text),
+        BodyJson::Base64(encoded) => frame["body_base64"] = Value::String(encoded),
     }
     frame
 }

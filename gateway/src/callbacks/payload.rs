@@ -12,12 +12,11 @@
 //! string) or `base64` (anything else: standard base64 with padding).
 //! The signature is over these exact bytes.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use serde::Serialize;
 
 use replyway_shared::record::Reply;
 
+use crate::reply::BodyJson;
 use crate::routes::Route;
 
 #[derive(Serialize)]
@@ -38,33 +37,15 @@ struct Data<'a> {
     body: serde_json::Value,
 }
 
-/// Whether a media type is JSON (`application/json` or `application/*+json`).
-fn is_json(content_type: Option<&str>) -> bool {
-    let essence = content_type
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
-}
-
 /// The POSTed body for request `id`'s `reply` at `timestamp` (unix seconds);
 /// the reply's headers are those the route lets through (its
 /// `reply_headers`, when set).
 pub fn body(id: &str, reply: &Reply, route: Option<&Route>, timestamp: u64) -> Vec<u8> {
     let content_type = reply.content_type.as_deref();
-    let (body_encoding, body) = match serde_json::from_slice::<serde_json::Value>(&reply.body) {
-        Ok(value) if is_json(content_type) => ("json", value),
-        _ => match std::str::from_utf8(&reply.body) {
-            Ok(text) => ("text", serde_json::Value::String(text.to_owned())),
-            Err(_) => (
-                "base64",
-                serde_json::Value::String(STANDARD.encode(&reply.body)),
-            ),
-        },
+    let (body_encoding, body) = match BodyJson::of(content_type, &reply.body) {
+        BodyJson::Json(value) => ("json", value),
+        BodyJson::Text(text) => ("text", serde_json::Value::String(text)),
+        BodyJson::Base64(encoded) => ("base64", serde_json::Value::String(encoded)),
     };
     let allowed = route.and_then(|r| r.reply_headers.as_ref());
     let headers = reply
