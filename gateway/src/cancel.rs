@@ -69,32 +69,37 @@ async fn cancel(
 /// answer was dropped before it was ready, because its client went away
 /// (connection closed, HTTP/2 `RST_STREAM`). Disarmed once the answer is
 /// ready, whatever it is (a reply, a timeout, the end of the grace period).
+/// It holds the request's id while the request waits, and gives it back
+/// when disarmed.
 #[must_use = "a guard cancels when dropped armed"]
 pub struct OnDisconnect {
-    armed: Option<(AppState, Arc<Route>, String)>,
+    id: String,
+    armed: Option<(AppState, Arc<Route>)>,
 }
 
 impl OnDisconnect {
     /// A guard for request `id` of `route`; unarmed when the route keeps
     /// commands of clients that went away, or the request does (`keep`: a
     /// WebSocket's command).
-    pub fn new(state: &AppState, route: &Arc<Route>, id: &str, keep: bool) -> Self {
+    pub fn new(state: &AppState, route: &Arc<Route>, id: String, keep: bool) -> Self {
         let armed = (!keep && route.on_disconnect == crate::routes::OnDisconnect::Cancel)
-            .then(|| (state.clone(), Arc::clone(route), id.to_owned()));
-        Self { armed }
+            .then(|| (state.clone(), Arc::clone(route)));
+        Self { id, armed }
     }
 
-    /// The answer is ready: nothing is cancelled.
-    pub fn disarm(mut self) {
+    /// The answer is ready: nothing is cancelled. Returns the request's id.
+    pub fn disarm(mut self) -> String {
         self.armed = None;
+        std::mem::take(&mut self.id)
     }
 }
 
 impl Drop for OnDisconnect {
     fn drop(&mut self) {
-        let Some((state, route, id)) = self.armed.take() else {
+        let Some((state, route)) = self.armed.take() else {
             return;
         };
+        let id = std::mem::take(&mut self.id);
         // Dropped by the server's task when the connection went away, so on
         // the runtime; without one (a test dropping it) there is nothing to
         // cancel on.

@@ -136,9 +136,9 @@ async fn answer(
         } => {
             let started = std::time::Instant::now();
             // Dropped armed only when this future is: the client went away.
-            let on_disconnect = OnDisconnect::new(state, route, &id, keep);
+            let on_disconnect = OnDisconnect::new(state, route, id, keep);
             let reply = state.within_grace(produced.wait(wait)).await;
-            on_disconnect.disarm();
+            let id = on_disconnect.disarm();
             // How long it waited: the whole wait, or until the grace ran out.
             let waited = wait.min(started.elapsed());
             match reply {
