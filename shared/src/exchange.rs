@@ -381,10 +381,8 @@ impl Node {
             if let Err(e) = created {
                 // On the master but not on enough replicas: nothing is
                 // produced, so the record goes (invariant 2).
-                if matches!(e, StoreError::NotReplicated { .. })
-                    && let Err(cleanup) = inner.store.delete_pending(&id).await
-                {
-                    tracing::warn!(correlation_id = %id, error = %cleanup, "could not remove an unreplicated pending record; it expires with its TTL");
+                if matches!(e, StoreError::NotReplicated { .. }) {
+                    inner.forget_pending(&id).await;
                 }
                 return Err(e.into());
             }
@@ -393,28 +391,14 @@ impl Node {
                 .key(&key[..])
                 .payload(&body[..])
                 .headers(headers);
-            // Bounded here as well as by the producer's message.timeout.ms:
-            // librdkafka notices an expired message only when its broker
-            // thread wakes, which can be seconds late while the broker is
-            // unreachable.
-            let bound = inner.produce_timeout.min(within);
-            let produced = match tokio::time::timeout(
-                bound,
-                inner.producer.send(record, Timeout::After(bound)),
-            )
-            .await
-            {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => Err(SubmitError::Kafka(e)),
-                Err(_) => Err(SubmitError::KafkaTimeout(bound)),
-            };
-            if let Err(e) = produced {
+            if let Err(e) = inner.produce(record, within).await {
                 // Invariant 2: nobody will reply to a command that was not
                 // produced.
-                if let Err(cleanup) = inner.store.delete_pending(&id).await {
-                    tracing::warn!(correlation_id = %id, error = %cleanup, "could not remove the pending record of an unproduced request; it expires with its TTL");
-                }
-                return Err(e);
+                inner.forget_pending(&id).await;
+                return Err(match e {
+                    NotProduced::Refused(e) => SubmitError::Kafka(e),
+                    NotProduced::Timeout(bound) => SubmitError::KafkaTimeout(bound),
+                });
             }
             Ok(Submitted { waiter })
         }
@@ -436,24 +420,57 @@ impl Node {
             CancelPending::Answered => return Ok(Cancellation::Answered),
             CancelPending::Unknown => return Ok(Cancellation::Unknown),
         };
-        let bound = inner.produce_timeout;
         let record = FutureRecord::to(&topic)
             .key(&key[..])
             .payload(&[][..])
             .headers(cancel_headers(id));
-        let produced =
-            match tokio::time::timeout(bound, inner.producer.send(record, Timeout::After(bound)))
-                .await
-            {
-                Ok(Ok(_)) => return Ok(Cancellation::Cancelled),
-                Ok(Err((e, _))) => CancelError::Kafka(e),
-                Err(_) => CancelError::KafkaTimeout(bound),
-            };
+        let Err(e) = inner.produce(record, inner.produce_timeout).await else {
+            return Ok(Cancellation::Cancelled);
+        };
         // Not produced: the mark goes, so that a retry produces it.
         if let Err(e) = inner.store.unmark_cancelled(id).await {
             tracing::warn!(correlation_id = %id, error = %e, "could not remove the cancelled mark of a request whose cancel record was not produced");
         }
-        Err(produced)
+        Err(match e {
+            NotProduced::Refused(e) => CancelError::Kafka(e),
+            NotProduced::Timeout(bound) => CancelError::KafkaTimeout(bound),
+        })
+    }
+}
+
+/// Why a record was not produced.
+enum NotProduced {
+    /// The broker refused it.
+    Refused(KafkaError),
+    /// The broker did not acknowledge it within this bound.
+    Timeout(Duration),
+}
+
+impl Inner {
+    /// Produces `record`, acknowledged within `within` (at most
+    /// `produce_timeout`). Bounded here as well as by the producer's
+    /// `message.timeout.ms`: librdkafka notices an expired message only when
+    /// its broker thread wakes, which can be seconds late while the broker
+    /// is unreachable.
+    async fn produce(
+        &self,
+        record: FutureRecord<'_, [u8], [u8]>,
+        within: Duration,
+    ) -> Result<(), NotProduced> {
+        let bound = self.produce_timeout.min(within);
+        match tokio::time::timeout(bound, self.producer.send(record, Timeout::After(bound))).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((e, _))) => Err(NotProduced::Refused(e)),
+            Err(_) => Err(NotProduced::Timeout(bound)),
+        }
+    }
+
+    /// Removes the pending record of a request whose command will not be
+    /// produced (invariant 2); when Redis cannot, it expires with its TTL.
+    async fn forget_pending(&self, id: &str) {
+        if let Err(e) = self.store.delete_pending(id).await {
+            tracing::warn!(correlation_id = %id, error = %e, "could not remove the pending record of a request that is not produced; it expires with its TTL");
+        }
     }
 }
 
