@@ -361,7 +361,10 @@ mod tests {
         assert_eq!(cancelled_id(h(&[("cancel", "true")])), None);
     }
 
-    fn h<'a>(pairs: &'a [(&'a str, &'a str)]) -> Vec<(&'a str, Option<&'a [u8]>)> {
+    /// Header pairs as a record's parser reads them.
+    pub(in crate::record) fn h<'a>(
+        pairs: &'a [(&'a str, &'a str)],
+    ) -> Vec<(&'a str, Option<&'a [u8]>)> {
         pairs
             .iter()
             .map(|(k, v)| (*k, Some(v.as_bytes())))

@@ -267,14 +267,8 @@ pub fn reply_from_message<M: Message>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::tests::h;
     use rdkafka::message::Headers as _;
-
-    fn h<'a>(pairs: &'a [(&'a str, &'a str)]) -> Vec<(&'a str, Option<&'a [u8]>)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (*k, Some(v.as_bytes())))
-            .collect()
-    }
 
     #[test]
     fn reply_takes_id_from_header_then_key() {
