@@ -45,24 +45,23 @@ pub enum Delivery {
 }
 
 impl Delivery {
-    /// The delivery a request's `Accept` asks for.
+    /// The delivery a request's `Accept` asks for (read for every request:
+    /// without allocating).
     pub fn of(headers: &HeaderMap) -> Self {
-        let accept = headers
+        let (mut events, mut ndjson) = (false, false);
+        let types = headers
             .get_all(header::ACCEPT)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .map(|t| {
-                t.split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase()
-            })
-            .collect::<Vec<_>>();
-        if accept.iter().any(|t| t == "text/event-stream") {
+            .map(|t| t.split(';').next().unwrap_or("").trim());
+        for media_type in types {
+            events |= media_type.eq_ignore_ascii_case("text/event-stream");
+            ndjson |= media_type.eq_ignore_ascii_case("application/x-ndjson");
+        }
+        if events {
             Self::Events
-        } else if accept.iter().any(|t| t == "application/x-ndjson") {
+        } else if ndjson {
             Self::Ndjson
         } else {
             Self::Joined
