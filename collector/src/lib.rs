@@ -133,7 +133,7 @@ impl Collector {
             }
             None => None,
         };
-        let connections = settings.redis.connections()?;
+        let connections = settings.redis.store_connections()?;
         let store = Store::new(
             connections,
             Keys::new(&settings.redis.prefix),

@@ -235,8 +235,18 @@ impl Settings {
             ));
         }
         check_header_name("client_ip_header", self.client_ip_header.as_deref())?;
-        let callbacks = routes.routes().iter().any(|r| r.callbacks.is_some());
-        self.callbacks.check(callbacks)?;
+        let callbacks = routes.routes().iter().position(|r| r.callbacks.is_some());
+        if let Some(index) = callbacks
+            && self.redis.mode == replyway_shared::settings::RedisMode::Cluster
+        {
+            // A reply and its delivery are stored in one step, and the
+            // stream of deliveries has a slot of its own: one Redis only.
+            return Err(InvalidSetting::new(
+                format!("routes[{index}].callbacks"),
+                "callbacks need redis.mode = \"single\" (a reply and its delivery are stored in one atomic step)",
+            ));
+        }
+        self.callbacks.check(callbacks.is_some())?;
         Ok(routes)
     }
 

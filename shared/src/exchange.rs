@@ -203,7 +203,7 @@ impl Node {
             .node_id
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let store = Store::new(
-            redis.connections()?,
+            redis.store_connections()?,
             Keys::new(&redis.prefix),
             redis.timeout,
             redis.ttl,
@@ -217,7 +217,7 @@ impl Node {
         let live = Arc::new(AtomicBool::new(false));
         let late_replies = Arc::new(AtomicU64::new(0));
         let subscriber = Subscriber {
-            client: redis.client()?,
+            client: redis.subscription_client()?,
             node: id.clone(),
             channel: store.keys().channel(&id),
             waiters: Arc::clone(&waiters),

@@ -170,6 +170,32 @@ pub struct RedisSettings {
     /// `timeout`): a collector stores a batch's offsets, and a gateway goes on
     /// with a request, only then. `0`: the master's acknowledgement is enough.
     pub min_replicas: u32,
+    /// One Redis (`single`) or a Redis Cluster (`cluster`, `url` naming any
+    /// seed node): see [`RedisMode`].
+    pub mode: RedisMode,
+}
+
+/// How Redis is deployed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One Redis (with replicas, or not).
+    #[default]
+    Single,
+    /// A Redis Cluster (Redis 7 or newer): commands are routed by slot, and
+    /// notifications travel by sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`) to the
+    /// shard that owns the node's channel only.
+    Cluster,
+}
+
+/// What a node's subscription connects to.
+#[derive(Debug, Clone)]
+pub enum SubscriptionClient {
+    /// One Redis: `SUBSCRIBE` on a dedicated connection.
+    Single(redis::Client),
+    /// A Redis Cluster: `SSUBSCRIBE` over RESP3, on the shard that owns the
+    /// channel (found from the seed node that `redis.url` names).
+    Cluster(Secret),
 }
 
 impl Default for RedisSettings {
@@ -181,6 +207,7 @@ impl Default for RedisSettings {
             timeout: Duration::from_secs(2),
             pool_size: 2,
             min_replicas: 0,
+            mode: RedisMode::Single,
         }
     }
 }
@@ -244,6 +271,25 @@ impl RedisSettings {
         if self.pool_size == 0 || self.pool_size > 64 {
             return Err(InvalidSetting::new("redis.pool_size", "must be 1 to 64"));
         }
+        if self.mode == RedisMode::Cluster {
+            let info = redis::IntoConnectionInfo::into_connection_info(url)
+                .map_err(|e| InvalidSetting::new("redis.url", e.to_string()))?;
+            if !matches!(
+                info.addr(),
+                redis::ConnectionAddr::Tcp(..) | redis::ConnectionAddr::TcpTls { .. }
+            ) {
+                return Err(InvalidSetting::new(
+                    "redis.url",
+                    "a Redis Cluster is reached over TCP (redis:// or rediss://)",
+                ));
+            }
+            if info.redis_settings().db() != 0 {
+                return Err(InvalidSetting::new(
+                    "redis.url",
+                    "a Redis Cluster has database 0 only",
+                ));
+            }
+        }
         if self.min_replicas > MAX_MIN_REPLICAS {
             return Err(InvalidSetting::new(
                 "redis.min_replicas",
@@ -270,6 +316,42 @@ impl RedisSettings {
                     .map_err(|e| InvalidSetting::new("redis.url", e.to_string()))
             })
             .collect()
+    }
+
+    /// The store's connections: `pool_size` to one Redis, or one (routing by
+    /// slot) to a Redis Cluster. Made lazily; they reconnect by themselves.
+    ///
+    /// # Errors
+    /// [`InvalidSetting`] when the URL cannot be used.
+    pub fn store_connections(&self) -> Result<Vec<crate::store::Connection>, InvalidSetting> {
+        match self.mode {
+            RedisMode::Single => Ok(self
+                .connections()?
+                .into_iter()
+                .map(crate::store::Connection::Single)
+                .collect()),
+            RedisMode::Cluster => {
+                let client = redis::cluster::ClusterClientBuilder::new([self.url.expose()])
+                    .connection_timeout(self.timeout)
+                    .response_timeout(self.timeout)
+                    .build()
+                    .map_err(|e| InvalidSetting::new("redis.url", e.to_string()))?;
+                Ok(vec![crate::store::Connection::Cluster(
+                    crate::store::LazyCluster::new(client, self.timeout),
+                )])
+            }
+        }
+    }
+
+    /// What a node's subscription connects to.
+    ///
+    /// # Errors
+    /// [`InvalidSetting`] when the URL cannot be used.
+    pub fn subscription_client(&self) -> Result<SubscriptionClient, InvalidSetting> {
+        match self.mode {
+            RedisMode::Single => Ok(SubscriptionClient::Single(self.client()?)),
+            RedisMode::Cluster => Ok(SubscriptionClient::Cluster(self.url.clone())),
+        }
     }
 
     /// A client for dedicated connections (the gateway's subscription).

@@ -8,6 +8,7 @@ pub mod load;
 mod offsets;
 pub mod probe;
 mod process;
+pub mod redis_cluster;
 mod redis_server;
 mod stack;
 pub mod tls;
@@ -25,6 +26,7 @@ use replyway_shared::settings::KafkaSettings;
 pub use kafka::{Broker, kafka_libs, kafka_version};
 pub use offsets::GroupOffsets;
 pub use process::{Proc, bin_path, reported_addr};
+pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;
 pub use stack::{BrokerChoice, BrokerRef, Node, Running, Stack, StackOptions, test_routes};
 /// A free TCP port on 127.0.0.1.

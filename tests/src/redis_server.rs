@@ -18,6 +18,8 @@ pub struct RedisServer {
     secure: Option<String>,
     /// A replica of the server on this port.
     replica_of: Option<u16>,
+    /// More arguments for `redis-server`.
+    args: Vec<String>,
 }
 
 impl RedisServer {
@@ -29,6 +31,21 @@ impl RedisServer {
             dir: tempfile::tempdir()?,
             secure: None,
             replica_of: None,
+            args: Vec::new(),
+        };
+        server.restart()?;
+        Ok(server)
+    }
+
+    /// Starts one on a free port with more `redis-server` arguments.
+    pub fn start_with(args: &[&str]) -> anyhow::Result<Self> {
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir()?,
+            secure: None,
+            replica_of: None,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
         };
         server.restart()?;
         Ok(server)
@@ -43,6 +60,7 @@ impl RedisServer {
             dir: tempfile::tempdir()?,
             secure: None,
             replica_of: Some(master.port),
+            args: Vec::new(),
         };
         server.restart()?;
         Ok(server)
@@ -85,6 +103,7 @@ impl RedisServer {
             dir,
             secure: Some(password.to_owned()),
             replica_of: None,
+            args: Vec::new(),
         };
         server.restart()?;
         Ok(server)
@@ -116,6 +135,7 @@ impl RedisServer {
         }
         let child = command
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.args)
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())

@@ -15,9 +15,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use replyway_gateway::routes::RouteConfig;
-use replyway_shared::settings::RedisSettings;
+use replyway_shared::settings::{RedisMode, RedisSettings};
 
-use crate::{Broker, Proc, RedisServer, eventually, free_port, init_logs};
+use crate::{Broker, Proc, RedisCluster, RedisServer, eventually, free_port, init_logs};
 
 /// How long a binary started as a process may take to report its ports.
 const REPORTED: Duration = Duration::from_secs(60);
@@ -135,7 +135,7 @@ impl Node {
 pub struct Stack {
     /// The broker.
     pub broker: BrokerRef,
-    /// Redis.
+    /// Redis (unused when the stack runs on a Redis Cluster).
     pub redis: RedisServer,
     /// Key prefix of this stack (Redis keys, topics and consumer groups).
     pub prefix: String,
@@ -167,6 +167,9 @@ pub struct Stack {
     pub gateway_settings: replyway_gateway::Settings,
     /// The settings the collectors started with.
     pub collector_settings: replyway_collector::Settings,
+    /// The Redis Cluster the stack runs on, when [`StackOptions::redis_cluster`]
+    /// asks for one (last: dropped after the gateways and collectors).
+    pub cluster: Option<RedisCluster>,
 }
 
 /// How a test wants its stack.
@@ -189,6 +192,9 @@ pub struct StackOptions {
     pub leader: Option<u32>,
     /// Redis over TLS only, with this password.
     pub redis_password: Option<String>,
+    /// Run on a Redis Cluster of this many masters with this many replicas
+    /// each (`redis.mode = "cluster"`) instead of one Redis.
+    pub redis_cluster: Option<(usize, usize)>,
     /// Changes to the gateway settings.
     pub gateway: fn(&mut replyway_gateway::Settings),
     /// Changes to the collector settings.
@@ -206,6 +212,7 @@ impl Default for StackOptions {
             dead_letters: false,
             leader: None,
             redis_password: None,
+            redis_cluster: None,
             gateway: |_| {},
             collector: |_| {},
         }
@@ -243,8 +250,20 @@ impl Stack {
             None => broker.create_topics(&topics, 3).await?,
         }
         let kafka = broker.kafka_settings();
+        let cluster = match options.redis_cluster {
+            Some((masters, replicas)) => Some(RedisCluster::start(masters, replicas).await?),
+            None => None,
+        };
         let redis_settings = RedisSettings {
-            url: redis.url().into(),
+            url: cluster
+                .as_ref()
+                .map_or_else(|| redis.url(), RedisCluster::url)
+                .into(),
+            mode: if cluster.is_some() {
+                RedisMode::Cluster
+            } else {
+                RedisMode::Single
+            },
             prefix: prefix.clone(),
             ttl: Duration::from_secs(120),
             timeout: Duration::from_secs(1),
@@ -363,6 +382,7 @@ impl Stack {
                 .build()?,
             gateway_settings,
             collector_settings,
+            cluster,
         };
         stack.wait_until_ready().await?;
         Ok(stack)

@@ -78,7 +78,8 @@ impl Store {
             })
             .await?;
         // A claim a failover could lose would let a retry produce again.
-        self.replicated(conn).await?;
+        self.replicated(conn, Some(&self.keys.idempotency(scope)))
+            .await?;
         let text = |i: usize| -> Option<String> {
             answer
                 .get(i)

@@ -23,13 +23,14 @@ use bytes::Bytes;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use redis::aio::ConnectionManager;
+use futures::future::try_join_all;
 
 use crate::record::Reply;
 
 mod callbacks;
 mod claims;
 mod codec;
+mod connection;
 mod parts;
 mod scripts;
 pub use callbacks::{
@@ -38,6 +39,7 @@ pub use callbacks::{
 };
 pub use claims::{Claim, RateDecision, RateLimit};
 pub use codec::{DecodeError, decode_notification, decode_reply, encode_reply};
+pub use connection::{Connection, LazyCluster};
 pub use parts::{PARTS_PER_READ, STORE_PART_LUA};
 pub use scripts::*;
 
@@ -194,7 +196,7 @@ pub struct ReplyToStore {
 /// The Redis operations of the gateway and the collector, over a connection pool.
 #[derive(Clone)]
 pub struct Store {
-    connections: Arc<[ConnectionManager]>,
+    connections: Arc<[Connection]>,
     next: Arc<AtomicUsize>,
     keys: Keys,
     timeout: Duration,
@@ -231,12 +233,7 @@ impl Store {
     ///
     /// # Panics
     /// When `connections` is empty.
-    pub fn new(
-        connections: Vec<ConnectionManager>,
-        keys: Keys,
-        timeout: Duration,
-        ttl: Duration,
-    ) -> Self {
+    pub fn new(connections: Vec<Connection>, keys: Keys, timeout: Duration, ttl: Duration) -> Self {
         assert!(!connections.is_empty(), "a store needs a connection");
         Self {
             connections: connections.into(),
@@ -269,21 +266,21 @@ impl Store {
     /// most three quarters of the timeout. Nothing to wait for with
     /// `min_replicas = 0`.
     ///
+    /// On a cluster, `WAIT` goes to the master of `key`'s slot (the shard that
+    /// took the write), or with no key (a batch over many slots) to every
+    /// master, counting the fewest acknowledgements.
+    ///
     /// # Errors
     /// [`StoreError::NotReplicated`] when fewer replicas acknowledged.
-    async fn replicated(&self, mut conn: ConnectionManager) -> Result<(), StoreError> {
+    async fn replicated(&self, mut conn: Connection, key: Option<&str>) -> Result<(), StoreError> {
         if self.min_replicas == 0 {
             return Ok(());
         }
         let within = u64::try_from((self.timeout * 3 / 4).as_millis()).unwrap_or(u64::MAX);
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(self.min_replicas).arg(within.max(1));
         let acked: i64 = self
-            .bounded(async {
-                Ok(redis::cmd("WAIT")
-                    .arg(self.min_replicas)
-                    .arg(within.max(1))
-                    .query_async(&mut conn)
-                    .await?)
-            })
+            .bounded(async { Ok(conn.query_on(wait, key).await?) })
             .await?;
         let acked = u32::try_from(acked).unwrap_or(0);
         if acked < self.min_replicas {
@@ -301,7 +298,7 @@ impl Store {
         self.ttl
     }
 
-    fn connection(&self) -> ConnectionManager {
+    fn connection(&self) -> Connection {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
         self.connections[i].clone()
     }
@@ -360,7 +357,7 @@ impl Store {
                 Ok(conn)
             })
             .await?;
-        self.replicated(conn).await
+        self.replicated(conn, Some(&self.keys.pending(id))).await
     }
 
     /// Marks pending request `id` cancelled ([`CANCEL_PENDING_LUA`]).
@@ -483,7 +480,9 @@ impl Store {
     /// Makes `node` a waiter of every id in `ids` and reads their replies: after
     /// a lost subscription (Redis may have restarted empty) and for requests
     /// that follow another one (same idempotency key), whose pending record may
-    /// not exist yet. One pipelined round trip; join before read, as always.
+    /// not exist yet. Join before read, as always: one pipelined round trip to
+    /// one Redis; in a cluster one pipeline per id (a pipeline stays in one
+    /// slot), all at once.
     ///
     /// # Errors
     /// [`StoreError`] when Redis does not answer.
@@ -496,19 +495,32 @@ impl Store {
             return Ok(Vec::new());
         }
         let ttl = i64::try_from(ttl_ms(self.ttl)).unwrap_or(i64::MAX);
-        let mut pipe = redis::pipe();
-        for id in ids {
+        let join = |pipe: &mut redis::Pipeline, id: &str| {
             let waiters = self.keys.waiters(id);
             pipe.sadd(&waiters, node)
                 .ignore()
                 .pexpire(&waiters, ttl)
                 .ignore()
                 .get(self.keys.reply(id));
-        }
+        };
         let values: Vec<Option<Vec<u8>>> = self
             .bounded(async {
-                let mut conn = self.connection();
-                Ok(pipe.query_async(&mut conn).await?)
+                if self.is_cluster() {
+                    Ok(try_join_all(ids.iter().map(|id| async move {
+                        let mut pipe = redis::pipe();
+                        join(&mut pipe, id);
+                        let (value,): (Option<Vec<u8>>,) =
+                            pipe.query_async(&mut self.connection()).await?;
+                        Ok::<_, StoreError>(value)
+                    }))
+                    .await?)
+                } else {
+                    let mut pipe = redis::pipe();
+                    for id in ids {
+                        join(&mut pipe, id);
+                    }
+                    Ok(pipe.query_async(&mut self.connection()).await?)
+                }
             })
             .await?;
         let mut found = Vec::new();
@@ -520,74 +532,191 @@ impl Store {
         Ok(found)
     }
 
-    /// Stores a batch of replies and notifies their waiting nodes: one pipelined
-    /// round trip of [`STORE_REPLY_LUA`] calls. Returns, per reply, whether it was
-    /// stored (`false`: a reply for that id was stored before).
+    /// Whether Redis is a cluster (`redis.mode = "cluster"`).
+    pub fn is_cluster(&self) -> bool {
+        self.connections[0].is_cluster()
+    }
+
+    /// Stores a batch of replies and notifies their waiting nodes. Returns,
+    /// per reply, whether it was stored (`false`: a reply for that id was
+    /// stored before).
+    ///
+    /// Store before notify, and the waiters set read atomically with the
+    /// write ([`STORE_REPLY_LUA`], [`STORE_PART_LUA`]):
+    /// * one Redis: the script publishes (`PUBLISH`) in the same atomic step;
+    ///   the batch is one pipelined round trip;
+    /// * a cluster: a node's channel lives in a slot of its own, which a
+    ///   script on the reply's slot may not touch, so the script returns the
+    ///   waiting nodes and each is notified by `SPUBLISH` after it, on the shard
+    ///   that owns its channel only. The waiters set is kept until it expires,
+    ///   so a reply stored again (its batch failed after the store, before the
+    ///   notification, and is consumed again) notifies them again.
     ///
     /// # Errors
-    /// [`StoreError`] when Redis does not acknowledge; nothing may be assumed stored.
+    /// [`StoreError`] when Redis does not acknowledge; nothing may be assumed
+    /// stored or notified (the batch is stored again).
     pub async fn store_replies(&self, replies: &[ReplyToStore]) -> Result<Vec<bool>, StoreError> {
         if replies.is_empty() {
             return Ok(Vec::new());
         }
-        let ttl = ttl_ms(self.ttl);
-        let channel_prefix = self.keys.channel_prefix();
-        let build = || {
-            let mut pipe = redis::pipe();
-            for reply in replies {
-                match reply.part {
-                    None => pipe
-                        .cmd("EVALSHA")
-                        .arg(self.store_script.get_hash())
-                        .arg(4)
-                        .arg(self.keys.reply(&reply.id))
-                        .arg(self.keys.waiters(&reply.id))
-                        .arg(self.keys.callback(&reply.id))
-                        .arg(self.keys.deliveries())
-                        .arg(&reply.encoded)
-                        .arg(ttl)
-                        .arg(&channel_prefix)
-                        .arg(&reply.id),
-                    Some((part, last)) => pipe
-                        .cmd("EVALSHA")
-                        .arg(self.part_script.get_hash())
-                        .arg(3)
-                        .arg(self.keys.parts(&reply.id))
-                        .arg(self.keys.waiters(&reply.id))
-                        .arg(self.keys.reply(&reply.id))
-                        .arg(&reply.encoded)
-                        .arg(ttl)
-                        .arg(&channel_prefix)
-                        .arg(&reply.id)
-                        .arg(part)
-                        .arg(u8::from(last)),
-                };
-            }
-            pipe
-        };
+        let cluster = self.is_cluster();
         let (stored, conn) = self
             .bounded(async {
                 let mut conn = self.connection();
-                let result: Result<Vec<i64>, _> = build().query_async(&mut conn).await;
-                let stored = match result {
-                    Err(e)
-                        if e.kind()
-                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                    {
-                        // Redis restarted or flushed its scripts: load and retry once.
-                        for script in [&self.store_script, &self.part_script] {
-                            script.prepare_invoke().load_async(&mut conn).await?;
-                        }
-                        build().query_async(&mut conn).await?
-                    }
-                    other => other?,
+                let outcomes = if cluster {
+                    try_join_all(replies.iter().map(|reply| self.store_one(reply))).await?
+                } else {
+                    self.store_pipelined(replies, &mut conn).await?
                 };
-                Ok((stored.into_iter().map(|n| n == 1).collect(), conn))
+                if cluster {
+                    self.notify_sharded(replies, &outcomes).await?;
+                }
+                let stored = outcomes.into_iter().map(|o| o.stored).collect();
+                Ok((stored, conn))
             })
             .await?;
         // A batch counts (its offsets are stored) once its replicas have it.
-        self.replicated(conn).await?;
+        self.replicated(conn, None).await?;
         Ok(stored)
+    }
+
+    /// The script call that stores `reply` (`publish`: in the script, as one
+    /// Redis can; else the script returns the nodes to notify).
+    fn store_call(&self, reply: &ReplyToStore, publish: bool) -> redis::Cmd {
+        let ttl = ttl_ms(self.ttl);
+        let publish = if publish { "1" } else { "0" };
+        let mut cmd = redis::cmd("EVALSHA");
+        match reply.part {
+            None => {
+                cmd.arg(self.store_script.get_hash())
+                    .arg(if publish == "1" { 4 } else { 2 })
+                    .arg(self.keys.reply(&reply.id))
+                    .arg(self.keys.waiters(&reply.id));
+                if publish == "1" {
+                    // Callbacks need the deliveries stream, a slot of its
+                    // own: one Redis only (a cluster refuses callbacks).
+                    cmd.arg(self.keys.callback(&reply.id))
+                        .arg(self.keys.deliveries());
+                }
+                cmd.arg(&reply.encoded)
+                    .arg(ttl)
+                    .arg(self.keys.channel_prefix())
+                    .arg(&reply.id)
+                    .arg(publish);
+            }
+            Some((part, last)) => {
+                cmd.arg(self.part_script.get_hash())
+                    .arg(3)
+                    .arg(self.keys.parts(&reply.id))
+                    .arg(self.keys.waiters(&reply.id))
+                    .arg(self.keys.reply(&reply.id))
+                    .arg(&reply.encoded)
+                    .arg(ttl)
+                    .arg(self.keys.channel_prefix())
+                    .arg(&reply.id)
+                    .arg(part)
+                    .arg(u8::from(last))
+                    .arg(publish);
+            }
+        }
+        cmd
+    }
+
+    /// Loads the store's scripts on `conn` (Redis restarted or flushed them).
+    async fn load_scripts(&self, conn: &mut Connection) -> Result<(), StoreError> {
+        for script in [&self.store_script, &self.part_script] {
+            script.prepare_invoke().load_async(conn).await?;
+        }
+        Ok(())
+    }
+
+    /// One Redis: the batch in one pipeline, the scripts publishing.
+    async fn store_pipelined(
+        &self,
+        replies: &[ReplyToStore],
+        conn: &mut Connection,
+    ) -> Result<Vec<StoreOutcome>, StoreError> {
+        let build = || {
+            let mut pipe = redis::pipe();
+            for reply in replies {
+                pipe.add_command(self.store_call(reply, true));
+            }
+            pipe
+        };
+        let answers: Vec<redis::Value> = match build().query_async(conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.load_scripts(conn).await?;
+                build().query_async(conn).await?
+            }
+            other => other?,
+        };
+        answers.into_iter().map(StoreOutcome::parse).collect()
+    }
+
+    /// A cluster: one reply's script on the shard of its slot (loading the
+    /// script there when that shard does not have it).
+    async fn store_one(&self, reply: &ReplyToStore) -> Result<StoreOutcome, StoreError> {
+        let mut conn = self.connection();
+        let call = self.store_call(reply, false);
+        let answer: redis::Value = match call.query_async(&mut conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                // `SCRIPT LOAD` goes to every master of the cluster.
+                self.load_scripts(&mut conn).await?;
+                call.query_async(&mut conn).await?
+            }
+            other => other?,
+        };
+        StoreOutcome::parse(answer)
+    }
+
+    /// A cluster: `SPUBLISH` each stored reply to its waiting nodes.
+    async fn notify_sharded(
+        &self,
+        replies: &[ReplyToStore],
+        outcomes: &[StoreOutcome],
+    ) -> Result<(), StoreError> {
+        let sends = replies
+            .iter()
+            .zip(outcomes)
+            .flat_map(|(reply, outcome)| outcome.nodes.iter().map(move |node| (reply, node)))
+            .map(|(reply, node)| async move {
+                let mut message = Vec::with_capacity(reply.id.len() + 1 + reply.encoded.len());
+                message.extend_from_slice(reply.id.as_bytes());
+                message.push(b'\n');
+                message.extend_from_slice(&reply.encoded);
+                redis::cmd("SPUBLISH")
+                    .arg(self.keys.channel(node))
+                    .arg(message)
+                    .query_async::<()>(&mut self.connection())
+                    .await
+            });
+        try_join_all(sends).await?;
+        Ok(())
+    }
+}
+
+/// What a store script answered: whether it stored, and the nodes to notify
+/// (only when it did not publish itself).
+struct StoreOutcome {
+    stored: bool,
+    nodes: Vec<String>,
+}
+
+impl StoreOutcome {
+    fn parse(answer: redis::Value) -> Result<Self, StoreError> {
+        let malformed = || StoreError::Malformed("store answer".into());
+        let redis::Value::Array(values) = answer else {
+            return Err(malformed());
+        };
+        let mut values = values.into_iter();
+        let stored = match values.next() {
+            Some(redis::Value::Int(n)) => n == 1,
+            _ => return Err(malformed()),
+        };
+        let nodes = values
+            .map(|v| redis::from_redis_value::<String>(v).map_err(|_| malformed()))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { stored, nodes })
     }
 }
 

@@ -14,25 +14,35 @@ use super::{Store, StoreError, decode_reply};
 use crate::record::Reply;
 
 /// Appends a part to a request's stream of parts, unless a single reply is
-/// stored for it or the part is not after the stream's last one; then
-/// publishes it to every waiting node, as `STORE_REPLY_LUA` does. The last
-/// part drops the waiters set.
+/// stored for it or the part is not after the stream's last one; then tells
+/// who waits, as `STORE_REPLY_LUA` does: `publish` = `1` publishes it here
+/// (and the last part drops the waiters set), `0` returns the waiting nodes,
+/// also for a part stored before, for the caller to notify.
 ///
 /// KEYS: parts, waiters, reply. ARGV: stored part, TTL in ms, channel prefix,
-/// id, part number, `1` for the last part.
-/// Returns 1 when appended, 0 when dropped (a duplicate).
+/// id, part number, `1` for the last part, publish (`1`/`0`).
+/// Returns `{1, nodes…}` when appended, `{0, nodes…}` when dropped (a
+/// duplicate; nodes only with `publish` = `0`).
 pub const STORE_PART_LUA: &str = r"
-if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+local publish = ARGV[7] == '1'
+local function answer(n)
+  if publish then return {n} end
+  local nodes = redis.call('SMEMBERS', KEYS[2])
+  table.insert(nodes, 1, n)
+  return nodes
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then return answer(0) end
 local added = redis.pcall('XADD', KEYS[1], '0-' .. (tonumber(ARGV[5]) + 1), 'r', ARGV[1])
-if type(added) == 'table' and added.err then return 0 end
+if type(added) == 'table' and added.err then return answer(0) end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if not publish then return answer(1) end
 local nodes = redis.call('SMEMBERS', KEYS[2])
 if #nodes > 0 then
   local message = ARGV[4] .. '\n' .. ARGV[1]
   for _, node in ipairs(nodes) do redis.call('PUBLISH', ARGV[3] .. node, message) end
   if ARGV[6] == '1' then redis.call('DEL', KEYS[2]) end
 end
-return 1
+return {1}
 ";
 
 /// Most parts one read returns.

@@ -2,31 +2,50 @@
 //! request's keys share a hash tag, so one script touches one slot).
 
 /// Stores a reply unless one is stored already (the first reply wins) and
-/// publishes it to every waiting node, in one atomic step. The waiters set is then
-/// dropped: a node that joins later finds the reply when it reads the key.
+/// tells who waits for it, in one atomic step (the waiters set is read with
+/// the write: a node that joined before hears of it; one that joins after
+/// finds the reply when it reads the key).
+///
+/// * `publish` = `1` (one Redis): publishes it to every waiting node here and
+///   drops the waiters set.
+/// * `publish` = `0` (a Redis Cluster, where a node's channel lives in a slot
+///   of its own): returns the waiting nodes, also when the reply was stored
+///   before, and keeps the set until it expires: the caller notifies them
+///   (`SPUBLISH`), again when the same reply is stored again.
 ///
 /// When the request asked for a callback (its callback record exists), the
 /// delivery is added to the stream of deliveries in the same step: a reply
 /// is never stored without its delivery. (The stream has a slot of its own:
-/// this script touches two slots.)
+/// one Redis only; a cluster passes two keys.)
 ///
 /// KEYS: reply, waiters, and optionally callback record, deliveries stream.
-/// ARGV: stored reply, TTL in ms, channel prefix, id.
-/// Returns 1 when stored, 0 when a reply was stored before.
+/// ARGV: stored reply, TTL in ms, channel prefix, id, publish (`1`/`0`).
+/// Returns `{1, nodes…}` when stored, `{0, nodes…}` when a reply was stored
+/// before (nodes only with `publish` = `0`).
 pub const STORE_REPLY_LUA: &str = r"
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+local publish = ARGV[5] == '1'
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  if publish then return {0} end
+  local answer = redis.call('SMEMBERS', KEYS[2])
+  table.insert(answer, 1, 0)
+  return answer
+end
 if KEYS[4] and redis.call('EXISTS', KEYS[3]) == 1 then
   redis.call('HSET', KEYS[3], 'reply', ARGV[1], 'state', 'pending', 'attempts', 0)
   redis.call('PERSIST', KEYS[3])
   redis.call('XADD', KEYS[4], '*', 'id', ARGV[4])
 end
 local nodes = redis.call('SMEMBERS', KEYS[2])
+if not publish then
+  table.insert(nodes, 1, 1)
+  return nodes
+end
 if #nodes > 0 then
   local message = ARGV[4] .. '\n' .. ARGV[1]
   for _, node in ipairs(nodes) do redis.call('PUBLISH', ARGV[3] .. node, message) end
   redis.call('DEL', KEYS[2])
 end
-return 1
+return {1}
 ";
 
 /// Joins a node to the waiters of a pending request, then reads the reply.

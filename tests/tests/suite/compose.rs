@@ -74,9 +74,27 @@ impl Service {
         }
     }
 
-    /// `environment`, as a map (the list form `K=V` too). A variable without a
-    /// value would come from the operator's shell: none is expected here.
+    /// `environment`, as a map (the list form `K=V` too), with the
+    /// operator's shell variables unset (`${NAME:-default}` is its default, as
+    /// `docker compose` takes it). A variable without a value would come from
+    /// the operator's shell: none is expected here.
     fn environment(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        self.environment_with(&BTreeMap::new())
+    }
+
+    /// `environment`, with `${NAME:-default}` taken from `shell` (else its
+    /// default).
+    fn environment_with(
+        &self,
+        shell: &BTreeMap<&str, &str>,
+    ) -> anyhow::Result<BTreeMap<String, String>> {
+        let env = self.raw_environment()?;
+        env.into_iter()
+            .map(|(k, v)| Ok((k, interpolate(&v, shell)?)))
+            .collect()
+    }
+
+    fn raw_environment(&self) -> anyhow::Result<BTreeMap<String, String>> {
         let mut env = BTreeMap::new();
         match self.get("environment") {
             None => {}
@@ -158,6 +176,29 @@ impl Service {
             })
             .collect()
     }
+}
+
+/// `value` with each `${NAME:-default}` replaced by `shell[NAME]`, else by
+/// its default; a `${NAME}` without a default is refused (it would need the
+/// operator's shell).
+fn interpolate(value: &str, shell: &BTreeMap<&str, &str>) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..]
+            .find('}')
+            .with_context(|| format!("unclosed ${{ in {value}"))?
+            + start;
+        let inner = &rest[start + 2..end];
+        let (name, default) = inner
+            .split_once(":-")
+            .with_context(|| format!("{inner} has no default in {value}"))?;
+        out.push_str(shell.get(name).copied().unwrap_or(default));
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 fn scalar(v: &Yaml) -> anyhow::Result<String> {
@@ -688,6 +729,87 @@ fn check_compose() -> anyhow::Result<Checked> {
         topics,
         partitions,
     })
+}
+
+#[test]
+fn the_redis_cluster_profile_forms_a_cluster_the_gateways_and_collectors_use() -> TestResult {
+    let services = compose()?;
+    let in_profile = |s: &Service| {
+        s.get("profiles")
+            .and_then(Yaml::as_sequence)
+            .is_some_and(|p| p.iter().any(|v| v.as_str() == Some("redis-cluster")))
+    };
+    let nodes: Vec<&Service> = services
+        .values()
+        .filter(|s| in_profile(s) && s.name.starts_with("redis-node-"))
+        .collect();
+    ensure!(nodes.len() == 6, "six nodes: 3 masters, 3 replicas");
+    for node in &nodes {
+        let command = node.command()?;
+        ensure!(
+            command
+                .windows(2)
+                .any(|w| w == ["--cluster-enabled", "yes"]),
+            "{}: not cluster-enabled: {command:?}",
+            node.name
+        );
+        ensure!(
+            node.healthcheck()?.is_some(),
+            "{}: no healthcheck",
+            node.name
+        );
+    }
+    let init = services
+        .get("redis-cluster-init")
+        .context("no redis-cluster-init")?;
+    ensure!(in_profile(init), "redis-cluster-init outside the profile");
+    let script = init.command()?.join(" ");
+    ensure!(
+        script.contains("--cluster create")
+            && script.contains("--cluster-replicas 1")
+            && script.contains("for n in 1 2 3 4 5 6"),
+        "redis-cluster-init does not create the cluster of the six nodes: {script}"
+    );
+    for node in &nodes {
+        ensure!(
+            init.depends_on()?.get(&node.name).map(String::as_str) == Some("service_healthy"),
+            "redis-cluster-init must wait for a healthy {}",
+            node.name
+        );
+    }
+    // The documented switch: the gateways' and collectors' Redis settings.
+    let shell = BTreeMap::from([
+        ("REPLYWAY_REDIS_MODE", "cluster"),
+        ("REPLYWAY_REDIS_URL", "redis://redis-node-1:6379"),
+    ]);
+    for name in ["gateway", "collector"] {
+        let env = services[name].environment_with(&shell)?;
+        ensure!(env.get("REPLYWAY_REDIS__MODE").map(String::as_str) == Some("cluster"));
+        let url = env.get("REPLYWAY_REDIS__URL").context("no redis url")?;
+        let mut settings = replyway_shared::settings::RedisSettings {
+            url: url.as_str().into(),
+            mode: replyway_shared::settings::RedisMode::Cluster,
+            ..Default::default()
+        };
+        settings.validate()?;
+        let host = url
+            .trim_start_matches("redis://")
+            .split(':')
+            .next()
+            .unwrap_or_default();
+        ensure!(
+            services.contains_key(host),
+            "{name}: {url} names no service"
+        );
+        settings.min_replicas = 1;
+        settings.validate()?;
+    }
+    let header = read("docker-compose.yml")?;
+    ensure!(
+        header.contains("REPLYWAY_REDIS_MODE=cluster REPLYWAY_REDIS_URL=redis://redis-node-1:6379"),
+        "the file's header shows how to run on the cluster"
+    );
+    Ok(())
 }
 
 #[test]
