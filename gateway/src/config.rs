@@ -347,3 +347,34 @@ fn check_header_name(setting: &str, name: Option<&str>) -> Result<(), InvalidSet
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::callbacks::RouteCallbacksConfig;
+    use crate::routes::RouteConfig;
+    use replyway_shared::settings::RedisMode;
+
+    #[test]
+    fn a_cluster_refuses_callbacks() {
+        let mut settings = Settings {
+            routes: vec![RouteConfig {
+                method: "POST".into(),
+                path: "/hooked".into(),
+                topic: "hooked.requests".into(),
+                callbacks: Some(RouteCallbacksConfig {
+                    allow_hosts: vec!["hooks.example.com".into()],
+                    ..RouteCallbacksConfig::default()
+                }),
+                ..RouteConfig::default()
+            }],
+            ..Settings::default()
+        };
+        settings.callbacks.secret = Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into());
+        assert!(settings.route_table().is_ok(), "one Redis takes callbacks");
+        settings.redis.mode = RedisMode::Cluster;
+        let refused = settings.route_table().unwrap_err();
+        assert_eq!(refused.setting, "routes[0].callbacks");
+        assert!(refused.reason.contains("redis.mode"), "{}", refused.reason);
+    }
+}

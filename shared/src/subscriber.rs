@@ -23,7 +23,7 @@ use redis::{PushKind, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::settings::{Secret, SubscriptionClient};
+use crate::settings::{RedisSettings, SubscriptionClient};
 use crate::store::{Store, decode_notification};
 
 use crate::waiters::Waiters;
@@ -58,7 +58,7 @@ impl Subscriber {
         while !shutdown.is_cancelled() {
             let session = match &self.client {
                 SubscriptionClient::Single(client) => self.session(client, &shutdown).await,
-                SubscriptionClient::Cluster(url) => self.sharded_session(url, &shutdown).await,
+                SubscriptionClient::Cluster(redis) => self.sharded_session(redis, &shutdown).await,
             };
             match session {
                 Ok(()) => backoff.reset(),
@@ -152,18 +152,17 @@ impl Subscriber {
     /// then finds the slot's owner anew.
     async fn sharded_session(
         &self,
-        url: &Secret,
+        redis: &RedisSettings,
         shutdown: &CancellationToken,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         // Unbounded, as redis' own pub/sub stream is: what arrives here is
         // this node's notifications, at most one per stored reply or part of
         // a request it waits for, read at once below.
         let (pushes, mut pushed) = tokio::sync::mpsc::unbounded_channel();
-        let client = redis::cluster::ClusterClientBuilder::new([url.expose()])
+        let client = redis
+            .cluster_client()
             .use_protocol(redis::ProtocolVersion::RESP3)
             .push_sender(pushes)
-            .connection_timeout(self.timeout)
-            .response_timeout(self.timeout)
             .build()?;
         let mut conn = tokio::time::timeout(self.timeout, client.get_async_connection())
             .await

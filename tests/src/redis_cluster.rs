@@ -176,12 +176,13 @@ impl RedisCluster {
             .collect()
     }
 
-    /// A seed URL (any live node).
+    /// `redis.url` for the cluster: every live node as a seed, comma-separated.
     pub fn url(&self) -> String {
         self.ports()
-            .first()
+            .iter()
             .map(|p| format!("redis://127.0.0.1:{p}"))
-            .unwrap_or_default()
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// The cluster's nodes as the node on `port` sees them.
@@ -259,7 +260,7 @@ impl RedisCluster {
     pub fn cpu_ticks(&self) -> BTreeMap<u16, u64> {
         self.nodes
             .iter()
-            .filter_map(|n| Some((n.port, process_ticks(n.pid()?)?)))
+            .filter_map(|n| Some((n.port, n.cpu_ticks()?)))
             .collect()
     }
 
@@ -267,16 +268,6 @@ impl RedisCluster {
     pub async fn info(&self, port: u16, section: &str) -> anyhow::Result<String> {
         info_section(port, section).await
     }
-}
-
-/// User + system CPU ticks of process `pid`.
-fn process_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces): state is 3rd,
-    // utime the 14th and stime the 15th of the line.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
 /// A connection to the node on `port`.
@@ -292,23 +283,26 @@ pub async fn connect(port: u16) -> anyhow::Result<MultiplexedConnection> {
 
 /// `CLUSTER <sub>` on the node on `port` (`INFO`, `NODES`).
 async fn cluster_command(port: u16, sub: &str) -> anyhow::Result<String> {
-    let mut conn = connect(port).await?;
-    Ok(tokio::time::timeout(
-        Duration::from_secs(2),
-        redis::cmd("CLUSTER").arg(sub).query_async(&mut conn),
-    )
-    .await
-    .context("no answer")??)
+    let mut cmd = redis::cmd("CLUSTER");
+    cmd.arg(sub);
+    text(port, cmd).await
 }
 
+/// `INFO <section>` of the node on `port`.
 async fn info_section(port: u16, section: &str) -> anyhow::Result<String> {
+    let mut cmd = redis::cmd("INFO");
+    cmd.arg(section);
+    text(port, cmd).await
+}
+
+/// The text `cmd` answers on the node on `port`, within 2 s.
+async fn text(port: u16, cmd: redis::Cmd) -> anyhow::Result<String> {
     let mut conn = connect(port).await?;
-    Ok(tokio::time::timeout(
-        Duration::from_secs(2),
-        redis::cmd("INFO").arg(section).query_async(&mut conn),
+    Ok(
+        tokio::time::timeout(Duration::from_secs(2), cmd.query_async(&mut conn))
+            .await
+            .context("no answer")??,
     )
-    .await
-    .context("no answer")??)
 }
 
 /// One line of `CLUSTER NODES`: `<id> <ip:port@cport> <flags> <master>

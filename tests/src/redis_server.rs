@@ -25,16 +25,7 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts one on a free port.
     pub fn start() -> anyhow::Result<Self> {
-        let mut server = Self {
-            child: None,
-            port: free_port(),
-            dir: tempfile::tempdir()?,
-            secure: None,
-            replica_of: None,
-            args: Vec::new(),
-        };
-        server.restart()?;
-        Ok(server)
+        Self::start_with(&[])
     }
 
     /// Starts one on a free port with more `redis-server` arguments.
@@ -157,6 +148,17 @@ impl RedisServer {
     /// Its process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// CPU time (user + system) it has used so far, in clock ticks
+    /// (`/proc/<pid>/stat`), while it runs.
+    pub fn cpu_ticks(&self) -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()?)).ok()?;
+        // After the command name (which may hold spaces): utime and stime are
+        // the 14th and 15th fields of the line.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split(' ').collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
     }
 
     /// `redis://127.0.0.1:<port>`, or for a secure one
