@@ -10,6 +10,7 @@ use bytes::Bytes;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 
 mod reply;
+pub mod spring;
 pub use reply::{MAX_PART, Reply, ReplyError, parse_reply, reply_from_message};
 
 /// Header names of the record contract.
@@ -41,8 +42,12 @@ pub mod header {
     /// Spring for Apache Kafka: the topic a `@SendTo` listener replies to.
     pub const SPRING_REPLY_TOPIC: &str = "kafka_replyTopic";
     /// Spring for Apache Kafka: the correlation id (raw bytes) that a `@SendTo`
-    /// listener copies to its reply.
+    /// listener copies to its reply, and a `ReplyingKafkaTemplate` matches its
+    /// reply by.
     pub const SPRING_CORRELATION_ID: &str = "kafka_correlationId";
+    /// Spring for Apache Kafka: the partition of `kafka_replyTopic` a reply
+    /// goes to (4 bytes, big-endian), when the requester reads only that one.
+    pub const SPRING_REPLY_PARTITION: &str = "kafka_replyPartition";
     /// A streamed reply's part number: 0, 1, 2, …
     pub const REPLY_PART: &str = "reply-part";
     /// `true` on the last part of a streamed reply.
@@ -110,6 +115,14 @@ pub struct Request {
     pub key: Option<Bytes>,
     /// The body.
     pub body: Bytes,
+    /// Spring for Apache Kafka's `kafka_correlationId`, as the command carried
+    /// it (a `ReplyingKafkaTemplate`'s 16 raw bytes, or a string): the reply
+    /// carries it back byte for byte. Not written by [`Request::record_headers`].
+    pub spring_correlation_id: Option<Bytes>,
+    /// The partition of `reply_to` the reply must go to: Spring's
+    /// `kafka_replyPartition`, read when the reply topic is Spring's
+    /// `kafka_replyTopic`; `None`: the reply's key decides.
+    pub reply_partition: Option<i32>,
     /// Cancelled when the command is cancelled while it is handled (its
     /// client went away, or deleted it): a handler with work worth stopping
     /// watches it and returns [`Cancelled`](crate::responder::Cancelled).
@@ -232,9 +245,16 @@ impl Request {
 
     /// Parses a request record from its parts.
     ///
+    /// A command without `correlation-id` or `reply-to` may carry Spring for
+    /// Apache Kafka's headers instead (a `ReplyingKafkaTemplate`'s):
+    /// `kafka_correlationId` (its text form becomes the correlation id, see
+    /// [`Request::spring_correlation_id`]), `kafka_replyTopic` and
+    /// `kafka_replyPartition`. Replyway's headers win when both are there.
+    ///
     /// # Errors
-    /// [`RequestError`] when `correlation-id` or `reply-to` is missing or a header
-    /// is malformed.
+    /// [`RequestError`] when neither `correlation-id` nor `kafka_correlationId`,
+    /// or neither `reply-to` nor `kafka_replyTopic`, is there, or a header is
+    /// malformed.
     pub fn parse<'a>(
         key: Option<&[u8]>,
         headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
@@ -246,10 +266,16 @@ impl Request {
                 .map(str::to_owned)
                 .map_err(|_| RequestError::Malformed(name.to_owned()))
         };
+        let (mut spring_reply_topic, mut spring_reply_partition) = (None, None);
         for (name, value) in headers {
             let Some(value) = value else { continue };
             match name {
                 header::CORRELATION_ID => request.correlation_id = text(name, value)?,
+                header::SPRING_CORRELATION_ID => {
+                    request.spring_correlation_id = Some(Bytes::copy_from_slice(value));
+                }
+                header::SPRING_REPLY_TOPIC => spring_reply_topic = Some(value),
+                header::SPRING_REPLY_PARTITION => spring_reply_partition = Some(value),
                 header::REPLY_TO => request.reply_to = text(name, value)?,
                 header::DEADLINE => {
                     let d = text(name, value)?;
@@ -274,8 +300,21 @@ impl Request {
                 }
             }
         }
+        if request.correlation_id.is_empty()
+            && let Some(spring) = &request.spring_correlation_id
+        {
+            request.correlation_id = spring::correlation_text(spring);
+        }
         if request.correlation_id.is_empty() {
             return Err(RequestError::Missing(header::CORRELATION_ID));
+        }
+        if request.reply_to.is_empty()
+            && let Some(topic) = spring_reply_topic
+        {
+            request.reply_to = text(header::SPRING_REPLY_TOPIC, topic)?;
+            request.reply_partition = spring_reply_partition
+                .map(spring::reply_partition)
+                .transpose()?;
         }
         if request.reply_to.is_empty() {
             return Err(RequestError::Missing(header::REPLY_TO));
@@ -437,6 +476,91 @@ mod tests {
         assert_ne!(root.trace_id, hop.trace_id);
         assert_eq!(request.traceparent, Some(root.traceparent()));
         assert_eq!(request.tracestate, None);
+    }
+
+    #[test]
+    fn a_replying_kafka_template_command_is_addressed_by_springs_headers() {
+        // Spring's default correlation id: 16 raw bytes, not UTF-8.
+        let id: Vec<u8> = (0xf0..=0xff).collect();
+        let headers = [
+            ("kafka_replyTopic", Some(&b"client.replies"[..])),
+            ("kafka_replyPartition", Some(&[0, 0, 0, 1][..])),
+            ("kafka_correlationId", Some(&id[..])),
+        ];
+        let request = Request::parse(None, headers, Some(b"{}")).unwrap();
+        assert_eq!(request.reply_to, "client.replies");
+        assert_eq!(request.reply_partition, Some(1));
+        assert_eq!(request.spring_correlation_id.as_deref(), Some(&id[..]));
+        assert_eq!(
+            request.correlation_id,
+            "f0f1f2f3-f4f5-f6f7-f8f9-fafbfcfdfeff"
+        );
+        // A string id (setBinaryCorrelation(false)) is its own text.
+        let string = "0c4bd6c1-3d5e-4a8f-9b21-7e6f5a4b3c2d";
+        let request = Request::parse(
+            None,
+            h(&[("kafka_replyTopic", "r"), ("kafka_correlationId", string)]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(request.correlation_id, string);
+        assert_eq!(
+            request.spring_correlation_id.as_deref(),
+            Some(string.as_bytes())
+        );
+        assert_eq!(request.reply_partition, None);
+    }
+
+    #[test]
+    fn replyways_headers_win_over_springs_and_springs_id_is_kept() {
+        // A gateway route with spring_headers sends both.
+        let request = Request::parse(
+            None,
+            [
+                ("correlation-id", Some(&b"ours"[..])),
+                ("reply-to", Some(b"replies")),
+                ("kafka_replyTopic", Some(b"other")),
+                ("kafka_replyPartition", Some(&[0, 0, 0, 7])),
+                ("kafka_correlationId", Some(b"ours")),
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(request.correlation_id, "ours");
+        assert_eq!(request.reply_to, "replies");
+        assert_eq!(
+            request.reply_partition, None,
+            "the partition is of Spring's topic"
+        );
+        assert_eq!(request.spring_correlation_id.as_deref(), Some(&b"ours"[..]));
+        // And a request of Replyway's alone carries nothing of Spring's.
+        let plain =
+            Request::parse(None, h(&[("correlation-id", "a"), ("reply-to", "r")]), None).unwrap();
+        assert_eq!(
+            (plain.spring_correlation_id, plain.reply_partition),
+            (None, None)
+        );
+    }
+
+    #[test]
+    fn a_spring_command_without_its_reply_topic_or_with_a_bad_partition_is_rejected() {
+        let r = Request::parse(None, h(&[("kafka_correlationId", "a")]), None);
+        assert_eq!(r.unwrap_err(), RequestError::Missing("reply-to"));
+        let r = Request::parse(None, h(&[("kafka_replyTopic", "r")]), None);
+        assert_eq!(r.unwrap_err(), RequestError::Missing("correlation-id"));
+        let r = Request::parse(
+            None,
+            h(&[
+                ("kafka_replyTopic", "r"),
+                ("kafka_correlationId", "a"),
+                ("kafka_replyPartition", "1"),
+            ]),
+            None,
+        );
+        assert_eq!(
+            r.unwrap_err(),
+            RequestError::Malformed("kafka_replyPartition".into())
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Replyway binaries run as OS processes, so a test can signal or kill them.
+//! Replyway binaries (and other programs, such as a JVM running a Spring
+//! application) run as OS processes, so a test can signal or kill them.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,11 +28,12 @@ pub fn bin_path(name: &str) -> PathBuf {
     })
 }
 
-/// A Replyway binary running as an OS process, so a test can signal or kill it.
+/// A Replyway binary (or another program) running as an OS process, so a
+/// test can signal or kill it; killed when dropped.
 pub struct Proc {
     pub(crate) child: Child,
     log: tempfile::NamedTempFile,
-    _config: tempfile::NamedTempFile,
+    _config: Option<tempfile::NamedTempFile>,
     /// Its HTTP address, for gateways.
     pub addr: Option<SocketAddr>,
 }
@@ -68,8 +70,29 @@ impl Proc {
         Ok(Self {
             child,
             log,
-            _config: config,
+            _config: Some(config),
             addr,
+        })
+    }
+
+    /// Starts `command`, a program of its own (not one of this workspace's
+    /// binaries), with its standard output and error both in its log.
+    pub fn spawn_program(mut command: Command) -> anyhow::Result<Self> {
+        let log = tempfile::NamedTempFile::new()?;
+        // One open file for both streams: their lines interleave, neither
+        // overwrites the other.
+        let out = log.reopen()?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {:?}", command.get_program()))?;
+        Ok(Self {
+            child,
+            log,
+            _config: None,
+            addr: None,
         })
     }
 
@@ -130,6 +153,18 @@ impl Proc {
     ) -> anyhow::Result<SocketAddr> {
         reported_addr(self.log.path(), &mut self.child, field, within).await
     }
+
+    /// Waits until a line of its log contains `text` (a program's "started"
+    /// line), at most `within`.
+    ///
+    /// # Errors
+    /// When it exits or does not log the line in time.
+    pub async fn logged(&mut self, text: &str, within: Duration) -> anyhow::Result<()> {
+        until_logged(self.log.path(), &mut self.child, text, within, |log| {
+            log.lines().any(|line| line.contains(text)).then_some(())
+        })
+        .await
+    }
 }
 
 impl Drop for Proc {
@@ -152,20 +187,36 @@ pub async fn reported_addr(
     field: &str,
     within: Duration,
 ) -> anyhow::Result<SocketAddr> {
+    let value = until_logged(log_file, child, field, within, |log| {
+        logged_field(log, field)
+    })
+    .await?;
+    value
+        .parse()
+        .with_context(|| format!("{field}={value} is not an address"))
+}
+
+/// What `find` finds in `child`'s log file, waiting up to `within` for it
+/// (`what` names it in the error).
+async fn until_logged<T>(
+    log_file: &Path,
+    child: &mut Child,
+    what: &str,
+    within: Duration,
+    find: impl Fn(&str) -> Option<T>,
+) -> anyhow::Result<T> {
     let started = Instant::now();
     loop {
         let log = std::fs::read_to_string(log_file).unwrap_or_default();
-        if let Some(value) = logged_field(&log, field) {
-            return value
-                .parse()
-                .with_context(|| format!("{field}={value} is not an address"));
+        if let Some(found) = find(&log) {
+            return Ok(found);
         }
         if let Ok(Some(status)) = child.try_wait() {
-            anyhow::bail!("exited ({status}) before reporting {field}:\n{log}");
+            anyhow::bail!("exited ({status}) before logging {what}:\n{log}");
         }
         anyhow::ensure!(
             started.elapsed() < within,
-            "did not report {field} within {within:?}:\n{log}"
+            "did not log {what} within {within:?}:\n{log}"
         );
         // Polling the log file: the line is the event.
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -1,6 +1,6 @@
 //! The service side: the `Responder` and the `Requester` of `replyway-shared`,
-//! and services written with Spring for Apache Kafka's `@SendTo`, end to end
-//! against a real broker, a real Redis and the collector.
+//! end to end against a real broker, a real Redis and the collector (services
+//! written with Spring for Apache Kafka: the `spring` module).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -11,13 +11,11 @@ use anyhow::Context as _;
 use futures::future::join_all;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use replyway_gateway::routes::RouteConfig;
-use replyway_shared::record::{header, unix_millis};
+use replyway_shared::record::unix_millis;
 use replyway_shared::requester::{Fetched, Requester, RequesterError, RequesterOptions};
 use replyway_shared::responder::{HandlerError, Responder};
 use replyway_shared::{Reply, Request};
@@ -25,7 +23,6 @@ use replyway_tests::{Broker, Stack, StackOptions, eventually, produce, records_w
 
 type TestResult = anyhow::Result<()>;
 
-const SPRING_TOPIC: &str = "spring.requests";
 const NOBODY_TOPIC: &str = "nobody.requests";
 
 fn requester(stack: &Stack, options: RequesterOptions) -> anyhow::Result<Requester> {
@@ -182,139 +179,6 @@ async fn requester_times_out_then_fetches_the_late_reply_and_is_bounded() -> Tes
         Fetched::Unknown
     ));
     requester.stop().await;
-    stack.shutdown().await
-}
-
-/// A Spring for Apache Kafka `@KafkaListener` + `@SendTo` service, record for
-/// record: it addresses its reply by `kafka_replyTopic`, copies
-/// `kafka_correlationId` as raw bytes, adds Spring's type headers, and sets no
-/// key, no `correlation-id` and no `status`.
-async fn spring_listener(
-    kafka: replyway_shared::settings::KafkaSettings,
-    seen: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
-    stop: CancellationToken,
-) -> anyhow::Result<()> {
-    let consumer: StreamConsumer = kafka.consumer_config("spring-greeter").create()?;
-    consumer.subscribe(&[SPRING_TOPIC])?;
-    let producer: rdkafka::producer::FutureProducer = kafka.producer_config().create()?;
-    loop {
-        let message = tokio::select! {
-            () = stop.cancelled() => return Ok(()),
-            m = consumer.recv() => m?,
-        };
-        let headers = message.headers().expect("a command has headers");
-        let find = |name: &str| {
-            headers
-                .iter()
-                .find(|h| h.key == name)
-                .and_then(|h| h.value)
-                .map(<[u8]>::to_vec)
-        };
-        let reply_topic = String::from_utf8(find("kafka_replyTopic").expect("kafka_replyTopic"))?;
-        let correlation = find("kafka_correlationId").expect("kafka_correlationId");
-        seen.lock().expect("not poisoned").push(correlation.clone());
-        let name: Value = serde_json::from_slice(message.payload().unwrap_or_default())?;
-        let body =
-            json!({ "greeting": format!("Hello, {}!", name["name"].as_str().unwrap_or("?")) })
-                .to_string();
-        let reply_headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "kafka_correlationId",
-                value: Some(&correlation[..]),
-            })
-            .insert(Header {
-                key: "__TypeId__",
-                value: Some("com.example.Greeting"),
-            })
-            .insert(Header {
-                key: "contentType",
-                value: Some("\"application/json\""),
-            })
-            .insert(Header {
-                key: "spring_json_header_types",
-                value: Some(r#"{"contentType":"java.lang.String"}"#),
-            });
-        producer
-            .send(
-                FutureRecord::<(), _>::to(&reply_topic)
-                    .payload(&body)
-                    .headers(reply_headers),
-                Duration::from_secs(5),
-            )
-            .await
-            .map_err(|(e, _)| e)?;
-        consumer.store_offset_from_message(&message)?;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn spring_sendto_listener_serves_a_route_that_opts_in() -> TestResult {
-    let stack = Stack::start(StackOptions {
-        gateway: |g| {
-            g.routes.push(RouteConfig {
-                path: "/spring/greet".into(),
-                topic: SPRING_TOPIC.into(),
-                timeout: Duration::from_secs(10),
-                spring_headers: true,
-                ..RouteConfig::default()
-            });
-        },
-        ..StackOptions::default()
-    })
-    .await?;
-    stack.broker.create_topics(&[SPRING_TOPIC], 3).await?;
-    let seen = Arc::default();
-    let stop = CancellationToken::new();
-    let listener = tokio::spawn(spring_listener(
-        stack.broker.kafka_settings(),
-        Arc::clone(&seen),
-        stop.clone(),
-    ));
-    for name in ["Ada", "Grace", "Linus"] {
-        let response = stack
-            .http
-            .post(stack.url(0, "/spring/greet"))
-            .header("content-type", "application/json")
-            .body(json!({ "name": name }).to_string())
-            .send()
-            .await?;
-        assert_eq!(response.status(), 200);
-        assert_eq!(response.headers()["content-type"], "application/json");
-        let id = response.headers()["correlation-id"].to_str()?.to_owned();
-        let body: Value = response.json().await?;
-        assert_eq!(body["greeting"], format!("Hello, {name}!"));
-        assert!(
-            seen.lock().unwrap().contains(&id.as_bytes().to_vec()),
-            "kafka_correlationId did not carry the correlation id {id}"
-        );
-    }
-    stop.cancel();
-    listener.await??;
-
-    // Routes that do not opt in carry no Spring headers.
-    let response = stack
-        .http
-        .post(stack.url(0, "/echo"))
-        .body("x")
-        .send()
-        .await?;
-    let id = response.headers()["correlation-id"].to_str()?.to_owned();
-    let records = stack
-        .read_topic(&stack.echo_topic, Duration::from_secs(20), |records| {
-            records.iter().any(|m| m.key() == Some(id.as_bytes()))
-        })
-        .await?;
-    let record = records
-        .iter()
-        .find(|m| m.key() == Some(id.as_bytes()))
-        .expect("the echo command");
-    let names: Vec<&str> = record
-        .headers()
-        .map(|h| h.iter().map(|h| h.key).collect())
-        .unwrap_or_default();
-    assert!(names.contains(&header::REPLY_TO));
-    assert!(!names.contains(&header::SPRING_REPLY_TOPIC));
-    assert!(!names.contains(&header::SPRING_CORRELATION_ID));
     stack.shutdown().await
 }
 
