@@ -2,7 +2,9 @@
 //!
 //! It consumes commands in a consumer group, hands each to the service's handler,
 //! and produces the handler's reply to the command's `reply-to` topic with the
-//! correlation id kept. At-least-once: a command's offset is stored only after its
+//! correlation id kept. A command of Spring's `ReplyingKafkaTemplate` is
+//! answered Spring's way: to its `kafka_replyTopic` (and partition), with its
+//! `kafka_correlationId` back byte for byte ([`crate::record::spring`]). At-least-once: a command's offset is stored only after its
 //! reply was acknowledged by the broker, so a crash replays commands rather than
 //! losing them (services should be idempotent, or dedupe by correlation id).
 //!
@@ -55,6 +57,12 @@
 //! it waits with the lane. Shutdown cancels nothing: running commands drain as
 //! always.
 //!
+//! # Exactly once
+//!
+//! [`TransactionalResponder`] ([`transactional`]) serves commands the same
+//! way in one lane, but commits each batch's replies, the handlers' events
+//! and the commands' offsets in one Kafka transaction.
+//!
 //! # Metrics
 //!
 //! [`metrics::registry`] (or [`metrics::collector`] for a registry of the
@@ -62,14 +70,17 @@
 //! for an admin port ([`crate::admin`]).
 
 mod dispatch;
+mod handling;
 mod lanes;
 pub mod metrics;
 mod parts;
 mod queue;
 mod running;
 mod scheduler;
+pub mod transactional;
 
 pub use parts::{PartError, Parts};
+pub use transactional::TransactionalResponder;
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -81,7 +92,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -91,6 +102,7 @@ use crate::record::{Reply, Request};
 use crate::settings::KafkaSettings;
 
 use dispatch::Dispatch;
+use handling::{Handling, Outcome};
 use lanes::{Lanes, Partition, Rebalances};
 use queue::Queued;
 
@@ -369,66 +381,34 @@ impl Responder {
 
     /// Serves one command. Returns whether its offset may be stored (the reply was
     /// acknowledged, or there is nothing to reply to).
-    async fn serve<H, F>(&self, request: Request, handler: &H, shutdown: &CancellationToken) -> bool
+    async fn serve<H, F>(
+        &self,
+        mut request: Request,
+        handler: &H,
+        shutdown: &CancellationToken,
+    ) -> bool
     where
         H: Fn(Request) -> F,
         F: Future<Output = Result<Reply, HandlerError>>,
     {
-        let id = request.correlation_id.clone();
-        let reply_to = request.reply_to.clone();
-        // This hop joins the command's trace; the handler sees (and passes on)
-        // this hop's context, and the reply carries it back.
-        let span =
-            tracing::info_span!("responder.handle", otel.kind = "consumer", correlation_id = %id);
-        let mut request = request;
-        let trace = request.continue_trace(&span);
-        let parts = Parts::new(
-            self.producer.clone(),
-            reply_to.clone(),
-            id.clone(),
-            trace.clone(),
-        );
-        request.parts = parts.clone();
-        let reply = match handler(request).instrument(span).await {
-            Ok(reply) => reply,
-            Err(e) if e.downcast_ref::<Redeliver>().is_some() => {
-                tracing::info!(correlation_id = %id, reason = %e, "command left unanswered for redelivery");
-                return false;
-            }
-            Err(e) if e.downcast_ref::<Cancelled>().is_some() => {
-                self.stats.interrupted.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(correlation_id = %id, "handler stopped on the command's cancellation; nothing replied");
-                return true;
-            }
-            Err(e) => {
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(correlation_id = %id, error = %e, "handler failed; replying 500");
-                Reply::problem(
-                    500,
-                    "Internal Server Error",
-                    "the service failed to handle the request",
-                )
-            }
+        let handling = Handling::start(&mut request, &self.producer);
+        let result = handler(request).instrument(handling.span.clone()).await;
+        let reply = match handling.outcome(result, &self.stats) {
+            Outcome::Answer(reply) => handling.last_part(reply),
+            Outcome::Interrupted => return true,
+            Outcome::Redeliver => return false,
         };
-        // After parts, the reply (or the failure's problem) is the last part.
-        let reply = match parts.sent() {
-            0 => reply,
-            sent => reply.as_part(sent, true),
-        };
-        let headers = trace.add_to(reply.record_headers(&id));
+        let headers = handling.headers(&reply);
         let mut backoff = Backoff::default();
         loop {
-            let record = FutureRecord::to(&reply_to)
-                .key(&id)
-                .payload(&reply.body[..])
-                .headers(headers.clone());
+            let record = handling.record(&reply, headers.clone());
             match self.producer.send(record, Duration::from_secs(5)).await {
                 Ok(_) => {
                     self.stats.replied.fetch_add(1, Ordering::Relaxed);
                     return true;
                 }
                 Err((e, _)) => {
-                    tracing::warn!(correlation_id = %id, error = %e, "could not produce reply; retrying");
+                    tracing::warn!(correlation_id = %handling.id, error = %e, "could not produce reply; retrying");
                     if !backoff.wait(shutdown).await {
                         return false;
                     }

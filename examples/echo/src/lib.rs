@@ -9,6 +9,12 @@
 //! With `lanes` it serves its topics in priority lanes (see
 //! [`replyway_shared::responder`]); with `admin_listen` it serves `/healthz`
 //! and `/metrics` (the Responder's counters) on an admin port.
+//!
+//! With `transactional_id_prefix` it answers exactly once, with a
+//! [`TransactionalResponder`] whose `transactional.id` is
+//! `<prefix>-<instance>`; with `events_topic` too, every echoed command also
+//! produces one event there (key and `correlation-id`: the command's id,
+//! value: its body), in the reply's transaction.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +24,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use replyway_shared::admin::{self, AdminServer};
+use replyway_shared::responder::transactional::{self, Answer, Event};
 use replyway_shared::responder::{
     self, Cancelled, DEFAULT_LOWER_LANE_SHARE, DEFAULT_MAX_QUEUED, HandlerError, Responder,
+    TransactionalResponder,
 };
 use replyway_shared::settings::{InvalidSetting, KafkaSettings, LogSettings, is_valid_topic};
 use replyway_shared::{Reply, Request};
@@ -48,6 +56,15 @@ pub struct Settings {
     /// Admin port (`/healthz`, `/metrics`), e.g. `127.0.0.1:9093`; empty:
     /// none.
     pub admin_listen: String,
+    /// Answer exactly once, in Kafka transactions, with `transactional.id`
+    /// `<prefix>-<instance>`; unset: at least once.
+    pub transactional_id_prefix: Option<String>,
+    /// This instance's id, the same across its restarts (a restart fences
+    /// the previous run); unset: the host name.
+    pub instance: Option<String>,
+    /// Topic of one event per echoed command, in the reply's transaction
+    /// (needs `transactional_id_prefix`); unset: no events.
+    pub events_topic: Option<String>,
     /// Kafka.
     pub kafka: KafkaSettings,
     /// Logging.
@@ -70,6 +87,9 @@ impl Default for Settings {
             group_id: "replyway-echo".into(),
             max_in_flight: 1000,
             admin_listen: String::new(),
+            transactional_id_prefix: None,
+            instance: None,
+            events_topic: None,
             kafka: KafkaSettings::default(),
             log: LogSettings::default(),
         }
@@ -127,8 +147,76 @@ impl Settings {
         if self.group_id.trim().is_empty() {
             return Err(InvalidSetting::new("group_id", "must not be empty"));
         }
+        self.validate_transactions()?;
         self.kafka.validate()
     }
+
+    /// Checks the settings of the transactional mode.
+    fn validate_transactions(&self) -> Result<(), InvalidSetting> {
+        let is_id_part = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 200
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        };
+        let Some(prefix) = &self.transactional_id_prefix else {
+            if self.events_topic.is_some() {
+                return Err(InvalidSetting::new(
+                    "events_topic",
+                    "needs transactional_id_prefix: events are committed with the replies",
+                ));
+            }
+            return Ok(());
+        };
+        if !is_id_part(prefix) {
+            return Err(InvalidSetting::new(
+                "transactional_id_prefix",
+                "must be 1-200 characters of [A-Za-z0-9._-]",
+            ));
+        }
+        if !self.lanes.is_empty() {
+            return Err(InvalidSetting::new(
+                "lanes",
+                "the transactional mode serves its topics in one lane: set topics instead",
+            ));
+        }
+        if !is_id_part(&self.instance_id()) {
+            return Err(InvalidSetting::new(
+                "instance",
+                "must be 1-200 characters of [A-Za-z0-9._-] (unset: the host name, which is not)",
+            ));
+        }
+        if let Some(topic) = &self.events_topic
+            && !is_valid_topic(topic)
+        {
+            return Err(InvalidSetting::new(
+                "events_topic",
+                format!("{topic:?} is not a legal Kafka topic name"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// This instance's id: `instance`, or the host name.
+    pub fn instance_id(&self) -> String {
+        self.instance.clone().unwrap_or_else(host_name)
+    }
+
+    /// The `transactional.id` of this instance, in the transactional mode.
+    pub fn transactional_id(&self) -> Option<String> {
+        let prefix = self.transactional_id_prefix.as_deref()?;
+        Some(transactional::transactional_id(prefix, &self.instance_id()))
+    }
+}
+
+/// The host name (`/proc/sys/kernel/hostname`, else `$HOSTNAME`); empty when
+/// neither says.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_default()
 }
 
 #[derive(Deserialize)]
@@ -196,6 +284,28 @@ pub async fn handle(request: Request) -> Result<Reply, HandlerError> {
         .header("x-echo-path", request.path.unwrap_or_default()))
 }
 
+/// Answers one command as [`handle`] does, and, with `events_topic`, adds
+/// one event there: key and `correlation-id` the command's id, value its
+/// body.
+///
+/// # Errors
+/// As [`handle`].
+pub async fn handle_with_event(
+    request: Request,
+    events_topic: Option<Arc<str>>,
+) -> Result<Answer, HandlerError> {
+    let event = events_topic.map(|topic| {
+        Event::new(topic.as_ref(), request.body.clone())
+            .key(request.correlation_id.clone())
+            .header(
+                replyway_shared::record::header::CORRELATION_ID,
+                request.correlation_id.clone(),
+            )
+    });
+    let reply = handle(request).await?;
+    Ok(Answer::new(reply, event.into_iter().collect()))
+}
+
 /// Serves the echo topics until `shutdown`, binding `admin_listen` itself.
 ///
 /// # Errors
@@ -218,6 +328,9 @@ pub async fn run_with_admin(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     settings.validate()?;
+    if let Some(transactional_id) = settings.transactional_id() {
+        return run_transactional(settings, &transactional_id, admin, shutdown).await;
+    }
     let lanes = settings.served_lanes();
     let lanes: Vec<Vec<&str>> = lanes
         .iter()
@@ -236,6 +349,43 @@ pub async fn run_with_admin(
     let admin = AdminServer::start(admin, admin::router(Arc::new(registry)));
     tracing::info!(lanes = ?settings.served_lanes(), group_id = %settings.group_id, "echo service started");
     let served = responder.run(handle, shutdown).await;
+    admin.stop().await;
+    served?;
+    tracing::info!("echo service stopped");
+    Ok(())
+}
+
+/// Serves the echo topics exactly once with `transactional_id`.
+async fn run_transactional(
+    settings: &Settings,
+    transactional_id: &str,
+    admin: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+    let responder = TransactionalResponder::start(
+        &settings.kafka,
+        &settings.group_id,
+        &topics,
+        transactional_id,
+    )
+    .await?;
+    let registry = transactional::metrics::registry(responder.stats());
+    let admin = AdminServer::start(admin, admin::router(Arc::new(registry)));
+    tracing::info!(
+        topics = ?settings.topics,
+        group_id = %settings.group_id,
+        transactional_id,
+        events_topic = settings.events_topic.as_deref().unwrap_or_default(),
+        "echo service started"
+    );
+    let events: Option<Arc<str>> = settings.events_topic.as_deref().map(Arc::from);
+    let served = responder
+        .run(
+            |request| handle_with_event(request, events.clone()),
+            shutdown,
+        )
+        .await;
     admin.stop().await;
     served?;
     tracing::info!("echo service stopped");
@@ -308,5 +458,70 @@ mod tests {
         assert_eq!(bad(|s| s.lanes = vec![vec![]]), "lanes");
         assert_eq!(bad(|s| s.topics = vec!["a b".into()]), "topics");
         assert_eq!(bad(|s| s.topics.clear()), "topics");
+        assert_eq!(
+            bad(|s| s.events_topic = Some("events".into())),
+            "events_topic"
+        );
+        assert_eq!(
+            bad(|s| s.transactional_id_prefix = Some("a b".into())),
+            "transactional_id_prefix"
+        );
+        let transactional = |change: fn(&mut Settings)| {
+            let mut s = Settings {
+                transactional_id_prefix: Some("echo".into()),
+                instance: Some("pod-0".into()),
+                ..Settings::default()
+            };
+            change(&mut s);
+            s.validate().map_err(|e| e.setting)
+        };
+        assert_eq!(transactional(|_| {}), Ok(()));
+        assert_eq!(
+            transactional(|s| s.instance = Some(String::new())),
+            Err("instance".into())
+        );
+        assert_eq!(
+            transactional(|s| s.lanes = vec![vec!["a".into()]]),
+            Err("lanes".into())
+        );
+        assert_eq!(
+            transactional(|s| s.events_topic = Some("a/b".into())),
+            Err("events_topic".into())
+        );
+    }
+
+    #[test]
+    fn the_transactional_id_is_the_prefix_and_the_instance() {
+        let s = Settings {
+            transactional_id_prefix: Some("echo".into()),
+            instance: Some("pod-0".into()),
+            ..Settings::default()
+        };
+        assert_eq!(s.transactional_id().as_deref(), Some("echo-pod-0"));
+        assert_eq!(Settings::default().transactional_id(), None);
+        let unnamed = Settings {
+            instance: None,
+            ..s
+        };
+        assert_eq!(unnamed.instance_id(), host_name());
+    }
+
+    #[tokio::test]
+    async fn an_echoed_command_carries_one_event_with_its_id() {
+        let mut command = request(r#"{"x":1}"#);
+        command.correlation_id = "id-7".into();
+        let answer = handle_with_event(command, Some("echo.events".into()))
+            .await
+            .unwrap();
+        assert_eq!(&answer.reply.body[..], br#"{"x":1}"#);
+        let [event] = answer.events.as_slice() else {
+            panic!("one event: {:?}", answer.events)
+        };
+        assert_eq!(event.topic, "echo.events");
+        assert_eq!(event.key.as_deref(), Some(&b"id-7"[..]));
+        assert_eq!(event.headers, [("correlation-id".into(), "id-7".into())]);
+        assert_eq!(&event.payload[..], br#"{"x":1}"#);
+        let none = handle_with_event(request("x"), None).await.unwrap();
+        assert!(none.events.is_empty());
     }
 }
