@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what Replyway's local runs and tests need and is missing:
 # redis-server, Java 17 and Maven (Debian packages), the pinned Apache Kafka
-# broker (Maven Central, scripts/install-kafka.sh) and the Python venv of the
-# Python example service (PyPI). Silent when everything is there.
+# broker (Maven Central, scripts/install-kafka.sh), the Python venv of the
+# Python example service (PyPI) and the jar of the Spring example (Maven
+# Central, scripts/install-spring.sh). Silent when everything is there.
 set -euo pipefail
 
 apt_install() {
@@ -14,6 +15,8 @@ apt_install() {
 }
 
 command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+# The outbox tests start PostgreSQL 15 (initdb, postgres) of their own.
+[ -x /usr/lib/postgresql/15/bin/initdb ] || apt_install postgresql
 
 # The broker needs Java 17 or newer; Maven fetches it from Maven Central.
 java_major() { java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n 1; }
@@ -33,3 +36,4 @@ if ! rustup component list --installed 2>/dev/null | grep -q '^rustfmt'; then ru
 if ! rustup component list --installed 2>/dev/null | grep -q '^clippy'; then rustup component add clippy; fi
 
 "$(dirname "$0")/install-python.sh"
+"$(dirname "$0")/install-spring.sh"

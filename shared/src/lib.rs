@@ -5,6 +5,9 @@
 //! * [`backoff`] — pacing of retries that gives way to shutdown;
 //! * [`correlation`] — signed correlation ids (optional per deployment);
 //! * [`consumer`] — leaving a consumer group at shutdown, bounded;
+//! * `outbox` (cargo feature `outbox`) — the transactional outbox on
+//!   PostgreSQL: a responder whose replies commit with the service's state,
+//!   and the relay that publishes them;
 //! * [`record`] — the Kafka record contract (header names, request and reply
 //!   records) that the gateway, the collector and every backend service speak;
 //! * [`store`] — the Redis contract (key names, the stored reply format, the
@@ -27,6 +30,8 @@ pub mod backoff;
 pub mod consumer;
 pub mod correlation;
 pub mod exchange;
+#[cfg(feature = "outbox")]
+pub mod outbox;
 pub mod record;
 pub mod requester;
 pub mod responder;

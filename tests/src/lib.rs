@@ -6,6 +6,7 @@
 mod kafka;
 pub mod load;
 mod offsets;
+mod postgres;
 pub mod probe;
 mod process;
 pub mod redis_cluster;
@@ -25,6 +26,7 @@ use replyway_shared::settings::KafkaSettings;
 
 pub use kafka::{Broker, kafka_libs, kafka_version};
 pub use offsets::GroupOffsets;
+pub use postgres::Postgres;
 pub use process::{Proc, bin_path, reported_addr};
 pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;

@@ -13,9 +13,15 @@
 //!
 //! After a transfer moved money, one `balance-changed` event per account goes to
 //! the events topic ([`events`]), before the reply.
+//!
+//! With `postgres.url` set, balances live in PostgreSQL instead ([`postgres`]),
+//! on the transactional outbox of `replyway_shared::outbox`: a transfer, its
+//! reply and its events commit or roll back together, and
+//! `replyway-outbox-relay` publishes the reply and the events.
 
 pub mod command;
 pub mod events;
+pub mod postgres;
 pub mod reply;
 pub mod store;
 
@@ -27,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use replyway_shared::backoff::Backoff;
+use replyway_shared::outbox::{OutboxResponder, PostgresSettings};
 use replyway_shared::record::{is_valid_correlation_id, unix_millis};
 use replyway_shared::responder::{HandlerError, Redeliver, Responder};
 use replyway_shared::settings::{
@@ -56,6 +63,9 @@ pub struct Settings {
     /// Redis: `prefix` names the ledger's keys, `ttl` is how long a transfer's
     /// outcome is kept to answer a command delivered again.
     pub redis: RedisSettings,
+    /// PostgreSQL: when `postgres.url` is set, balances live there, on the
+    /// transactional outbox (and Redis is not used).
+    pub postgres: PostgresSettings,
     /// Kafka.
     pub kafka: KafkaSettings,
     /// Logging.
@@ -75,6 +85,7 @@ impl Default for Settings {
                 ttl: Duration::from_secs(24 * 60 * 60),
                 ..RedisSettings::default()
             },
+            postgres: PostgresSettings::default(),
             kafka: KafkaSettings::default(),
             log: LogSettings::default(),
         }
@@ -131,7 +142,11 @@ impl Settings {
                 ));
             }
         }
-        self.redis.validate()?;
+        if self.postgres.is_set() {
+            self.postgres.validate()?;
+        } else {
+            self.redis.validate()?;
+        }
         self.kafka.validate()
     }
 }
@@ -248,6 +263,9 @@ async fn open_accounts(
 /// commit fails.
 pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     settings.validate()?;
+    if settings.postgres.is_set() {
+        return run_on_postgres(settings, shutdown).await;
+    }
     let store = Store::new(&settings.redis)?;
     if !open_accounts(&store, &settings.accounts, &shutdown).await {
         return Ok(());
@@ -277,6 +295,39 @@ pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Re
             },
             shutdown,
         )
+        .await?;
+    tracing::info!("ledger service stopped");
+    Ok(())
+}
+
+/// Serves the ledger topics on PostgreSQL's outbox until `shutdown`.
+async fn run_on_postgres(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+    let responder = OutboxResponder::connect(
+        &settings.kafka,
+        &settings.group_id,
+        &topics,
+        &settings.postgres,
+    )
+    .await?;
+    let client = replyway_shared::outbox::schema::connect(&settings.postgres.config()?).await?;
+    let opened = postgres::open_accounts(&client, &settings.accounts).await?;
+    drop(client);
+    tracing::info!(
+        ?opened,
+        configured = settings.accounts.len(),
+        "accounts opened"
+    );
+    tracing::info!(
+        topics = ?settings.topics,
+        events_topic = %settings.events_topic,
+        group_id = %settings.group_id,
+        postgres = %settings.postgres.redacted_url(),
+        slot = %settings.postgres.slot,
+        "ledger service started on the postgres outbox"
+    );
+    responder
+        .run(postgres::PgLedger::new(&settings.events_topic), shutdown)
         .await?;
     tracing::info!("ledger service stopped");
     Ok(())

@@ -415,6 +415,13 @@ fn configuration_page_lists_every_setting_with_its_default_and_variable() {
             made_up: &[],
         },
         Expected {
+            heading: "Outbox relay",
+            settings: own(flatten(&to_json(
+                &replyway_shared::outbox::RelaySettings::default(),
+            ))),
+            made_up: &[],
+        },
+        Expected {
             heading: "Risk-scoring services",
             settings: own(flatten(&to_json(
                 &replyway_risk_scoring::Settings::default(),

@@ -23,18 +23,18 @@ use replyway_tests::{RedisServer, Stack, StackOptions, eventually, free_port};
 type TestResult = anyhow::Result<()>;
 
 /// The ledger's request topic of the stack with key prefix `prefix`.
-fn requests_topic(prefix: &str) -> String {
+pub(crate) fn requests_topic(prefix: &str) -> String {
     format!("{prefix}.ledger.requests")
 }
 
 /// The ledger's event topic of the stack with key prefix `prefix`.
-fn events_topic(prefix: &str) -> String {
+pub(crate) fn events_topic(prefix: &str) -> String {
     format!("{prefix}.ledger.events")
 }
 const CLIENT_HEADER: &str = "x-client-id";
 
 /// The gateway settings of `config/local/gateway.toml` for the ledger.
-fn ledger_gateway(g: &mut replyway_gateway::Settings) {
+pub(crate) fn ledger_gateway(g: &mut replyway_gateway::Settings) {
     g.client_id_header = Some(CLIENT_HEADER.into());
     let topic = requests_topic(&g.redis.prefix);
     let route = |method: &str, path: &str, key: &str| RouteConfig {

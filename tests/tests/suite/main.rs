@@ -5,6 +5,7 @@
 
 mod callbacks;
 mod cancellation;
+mod cluster;
 mod compose;
 mod docs;
 mod faults;
@@ -16,6 +17,7 @@ mod kafka_faults;
 mod lanes;
 mod ledger;
 mod operations;
+mod outbox;
 mod python_service;
 mod replication;
 mod request_reply;
@@ -24,5 +26,7 @@ mod route_intent;
 mod schemas;
 mod sdk;
 mod security;
+mod spring;
 mod streams;
+mod transactions;
 mod websocket;

@@ -7,7 +7,11 @@
 use super::{read, root};
 
 /// The pages that quote run outputs.
-const PAGES: [&str; 2] = ["docs/benchmark.md", "docs/security.md"];
+const PAGES: [&str; 3] = [
+    "docs/benchmark.md",
+    "docs/security.md",
+    "docs/transactions.md",
+];
 
 const MARK: &str = "<!-- quoted from ";
 
