@@ -124,20 +124,7 @@ impl OutboxRow {
     /// # Errors
     /// The database's error.
     pub async fn insert(&self, client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
-        client
-            .execute(
-                schema::INSERT_OUTBOX,
-                &[
-                    &self.correlation_id,
-                    &self.topic,
-                    &self.partition,
-                    &self.key.as_deref(),
-                    &self.headers_json().to_string(),
-                    &&self.payload[..],
-                ],
-            )
-            .await
-            .map(drop)
+        self.insert_into(client, schema::INSERT_OUTBOX).await
     }
 
     /// Records the command of this reply as handled, with the reply, in the
@@ -150,9 +137,19 @@ impl OutboxRow {
         &self,
         client: &impl GenericClient,
     ) -> Result<(), tokio_postgres::Error> {
+        self.insert_into(client, schema::INSERT_DEDUP).await
+    }
+
+    /// Inserts the row with `insert` (the outbox's and the dedup table's
+    /// inserts take the same columns).
+    async fn insert_into(
+        &self,
+        client: &impl GenericClient,
+        insert: &str,
+    ) -> Result<(), tokio_postgres::Error> {
         client
             .execute(
-                schema::INSERT_DEDUP,
+                insert,
                 &[
                     &self.correlation_id,
                     &self.topic,

@@ -62,6 +62,17 @@ pub fn decode_reply(bytes: &[u8]) -> Result<Reply, DecodeError> {
     })
 }
 
+/// A notification on a node's channel: `<id>\n<stored reply>` (what
+/// `STORE_REPLY_LUA` publishes itself on one Redis). Shared, as
+/// [`bytes::Bytes`], by the notifications of one reply to several nodes.
+pub fn encode_notification(id: &str, encoded_reply: &[u8]) -> bytes::Bytes {
+    let mut message = Vec::with_capacity(id.len() + 1 + encoded_reply.len());
+    message.extend_from_slice(id.as_bytes());
+    message.push(b'\n');
+    message.extend_from_slice(encoded_reply);
+    message.into()
+}
+
 /// Splits a notification (`<id>\n<stored reply>`) into the id and the reply.
 ///
 /// # Errors
@@ -88,6 +99,7 @@ mod tests {
         assert_eq!(decode_reply(&encoded).unwrap(), reply);
         let mut notification = b"id-1\n".to_vec();
         notification.extend_from_slice(&encoded);
+        assert_eq!(encode_notification("id-1", &encoded), notification);
         let (id, decoded) = decode_notification(&notification).unwrap();
         assert_eq!(id, "id-1");
         assert_eq!(decoded, reply);

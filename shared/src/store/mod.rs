@@ -39,7 +39,9 @@ pub use callbacks::{
     RETRY_DELIVERY_LUA,
 };
 pub use claims::{Claim, RateDecision, RateLimit};
-pub use codec::{DecodeError, decode_notification, decode_reply, encode_reply};
+pub use codec::{
+    DecodeError, decode_notification, decode_reply, encode_notification, encode_reply,
+};
 pub use connection::{Connection, LazyCluster};
 pub use parts::{PARTS_PER_READ, STORE_PART_LUA};
 pub use scripts::*;

@@ -3,7 +3,7 @@
 
 use futures::future::try_join_all;
 
-use super::{Connection, ReplyToStore, Store, StoreError, ttl_ms};
+use super::{Connection, ReplyToStore, Store, StoreError, encode_notification, ttl_ms};
 
 impl Store {
     /// Stores a batch of replies and notifies their waiting nodes. Returns,
@@ -28,18 +28,23 @@ impl Store {
         if replies.is_empty() {
             return Ok(Vec::new());
         }
-        let cluster = self.is_cluster();
+        let channel_prefix = self.keys.channel_prefix();
         let (stored, conn) = self
             .bounded(async {
                 let mut conn = self.connection();
-                let outcomes = if cluster {
-                    try_join_all(replies.iter().map(|reply| self.store_one(reply))).await?
-                } else {
-                    self.store_pipelined(replies, &mut conn).await?
-                };
-                if cluster {
+                let outcomes = if self.is_cluster() {
+                    let outcomes = try_join_all(
+                        replies
+                            .iter()
+                            .map(|reply| self.store_one(reply, &channel_prefix)),
+                    )
+                    .await?;
                     self.notify_sharded(replies, &outcomes).await?;
-                }
+                    outcomes
+                } else {
+                    self.store_pipelined(replies, &channel_prefix, &mut conn)
+                        .await?
+                };
                 let stored = outcomes.into_iter().map(|o| o.stored).collect();
                 Ok((stored, conn))
             })
@@ -51,17 +56,17 @@ impl Store {
 
     /// The script call that stores `reply` (`publish`: in the script, as one
     /// Redis can; else the script returns the nodes to notify).
-    fn store_call(&self, reply: &ReplyToStore, publish: bool) -> redis::Cmd {
+    fn store_call(&self, reply: &ReplyToStore, publish: bool, channel_prefix: &str) -> redis::Cmd {
         let ttl = ttl_ms(self.ttl);
-        let publish = if publish { "1" } else { "0" };
+        let publish_arg = if publish { "1" } else { "0" };
         let mut cmd = redis::cmd("EVALSHA");
         match reply.part {
             None => {
                 cmd.arg(self.store_script.get_hash())
-                    .arg(if publish == "1" { 4 } else { 2 })
+                    .arg(if publish { 4 } else { 2 })
                     .arg(self.keys.reply(&reply.id))
                     .arg(self.keys.waiters(&reply.id));
-                if publish == "1" {
+                if publish {
                     // Callbacks need the deliveries stream, a slot of its
                     // own: one Redis only (a cluster refuses callbacks).
                     cmd.arg(self.keys.callback(&reply.id))
@@ -69,9 +74,9 @@ impl Store {
                 }
                 cmd.arg(&reply.encoded)
                     .arg(ttl)
-                    .arg(self.keys.channel_prefix())
+                    .arg(channel_prefix)
                     .arg(&reply.id)
-                    .arg(publish);
+                    .arg(publish_arg);
             }
             Some((part, last)) => {
                 cmd.arg(self.part_script.get_hash())
@@ -81,11 +86,11 @@ impl Store {
                     .arg(self.keys.reply(&reply.id))
                     .arg(&reply.encoded)
                     .arg(ttl)
-                    .arg(self.keys.channel_prefix())
+                    .arg(channel_prefix)
                     .arg(&reply.id)
                     .arg(part)
                     .arg(u8::from(last))
-                    .arg(publish);
+                    .arg(publish_arg);
             }
         }
         cmd
@@ -103,12 +108,13 @@ impl Store {
     async fn store_pipelined(
         &self,
         replies: &[ReplyToStore],
+        channel_prefix: &str,
         conn: &mut Connection,
     ) -> Result<Vec<StoreOutcome>, StoreError> {
         let build = || {
             let mut pipe = redis::pipe();
             for reply in replies {
-                pipe.add_command(self.store_call(reply, true));
+                pipe.add_command(self.store_call(reply, true, channel_prefix));
             }
             pipe
         };
@@ -124,9 +130,13 @@ impl Store {
 
     /// A cluster: one reply's script on the shard of its slot (loading the
     /// script there when that shard does not have it).
-    async fn store_one(&self, reply: &ReplyToStore) -> Result<StoreOutcome, StoreError> {
+    async fn store_one(
+        &self,
+        reply: &ReplyToStore,
+        channel_prefix: &str,
+    ) -> Result<StoreOutcome, StoreError> {
         let mut conn = self.connection();
-        let call = self.store_call(reply, false);
+        let call = self.store_call(reply, false, channel_prefix);
         let answer: redis::Value = match call.query_async(&mut conn).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 // `SCRIPT LOAD` goes to every master of the cluster.
@@ -147,15 +157,19 @@ impl Store {
         let sends = replies
             .iter()
             .zip(outcomes)
-            .flat_map(|(reply, outcome)| outcome.nodes.iter().map(move |node| (reply, node)))
-            .map(|(reply, node)| async move {
-                let mut message = Vec::with_capacity(reply.id.len() + 1 + reply.encoded.len());
-                message.extend_from_slice(reply.id.as_bytes());
-                message.push(b'\n');
-                message.extend_from_slice(&reply.encoded);
+            .filter(|(_, outcome)| !outcome.nodes.is_empty())
+            .flat_map(|(reply, outcome)| {
+                // One message per reply, whatever the number of its nodes.
+                let message = encode_notification(&reply.id, &reply.encoded);
+                outcome
+                    .nodes
+                    .iter()
+                    .map(move |node| (node, message.clone()))
+            })
+            .map(|(node, message)| async move {
                 redis::cmd("SPUBLISH")
                     .arg(self.keys.channel(node))
-                    .arg(message)
+                    .arg(&message[..])
                     .query_async::<()>(&mut self.connection())
                     .await
             });
