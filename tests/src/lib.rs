@@ -31,12 +31,50 @@ pub use process::{Proc, bin_path, reported_addr};
 pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;
 pub use stack::{BrokerChoice, BrokerRef, Node, Running, Stack, StackOptions, test_routes};
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1 for a server the test starts (Kafka, Redis,
+/// PostgreSQL), handed out once per process.
+///
+/// The port comes from below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`), never from `bind(0)`: a port that
+/// `bind(0)` gave and the test released is in that range, so between its
+/// release and the server's bind (a JVM broker takes seconds) the kernel may
+/// give it to any outgoing connection of the parallel tests. That happened:
+/// a Kafka controller failed to bind its port, and a peer read a Redis reply
+/// as a Kafka frame size and ran out of heap. Below the range only servers
+/// that name their port bind, and this counter names each one once.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static NEXT: std::sync::OnceLock<std::sync::atomic::AtomicU32> = std::sync::OnceLock::new();
+    let (low, high) = ports_outside_ephemeral_range();
+    let span = u32::from(high - low);
+    // Each test binary starts at its own place, so two binaries run at once
+    // (a developer's shell and `make test`) seldom meet.
+    let next = NEXT.get_or_init(|| std::sync::atomic::AtomicU32::new(std::process::id() % span));
+    for _ in 0..span {
+        let offset = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % span;
+        let port = low + u16::try_from(offset).expect("offset within a u16 span");
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {low}..{high}")
+}
+
+/// Ports the kernel never hands out on its own: below the ephemeral range,
+/// or above it when it starts too low to leave room.
+fn ports_outside_ephemeral_range() -> (u16, u16) {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok();
+    let (first, last) = range
+        .as_deref()
+        .and_then(|r| {
+            let mut it = r.split_whitespace().map(str::parse::<u16>);
+            Some((it.next()?.ok()?, it.next()?.ok()?))
+        })
+        .unwrap_or((32_768, 60_999));
+    if first >= 12_000 {
+        (first.saturating_sub(12_000).max(10_000), first)
+    } else {
+        (last.saturating_add(1), u16::MAX)
+    }
 }
 
 pub(crate) fn wait_for_port(port: u16, within: Duration) -> anyhow::Result<()> {

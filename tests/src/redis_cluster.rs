@@ -30,6 +30,8 @@ pub const NODE_TIMEOUT_MS: u64 = 1_000;
 pub struct RedisCluster {
     /// Its nodes: masters first, then replicas.
     nodes: Vec<RedisServer>,
+    /// Each node's cluster bus port, in the order of `nodes`.
+    buses: Vec<u16>,
     /// Masters it was formed with.
     pub masters: usize,
 }
@@ -66,10 +68,22 @@ impl RedisCluster {
             &timeout,
         ];
         let mut nodes = Vec::new();
+        let mut buses = Vec::new();
         for _ in 0..masters * (1 + replicas) {
-            nodes.push(RedisServer::start_with(&args)?);
+            // The bus port is named too: Redis's default (port + 10 000)
+            // would fall inside the kernel's ephemeral range (see `free_port`).
+            let bus = crate::free_port();
+            let bus_arg = bus.to_string();
+            let mut node_args = args.to_vec();
+            node_args.extend(["--cluster-port", &bus_arg]);
+            nodes.push(RedisServer::start_with(&node_args)?);
+            buses.push(bus);
         }
-        let cluster = Self { nodes, masters };
+        let cluster = Self {
+            nodes,
+            buses,
+            masters,
+        };
         cluster.form(replicas).await?;
         Ok(cluster)
     }
@@ -94,11 +108,12 @@ impl RedisCluster {
                 .context("CLUSTER ADDSLOTSRANGE")?;
         }
         let mut first = connect(ports[0]).await?;
-        for port in &ports[1..] {
+        for (port, bus) in ports.iter().zip(&self.buses).skip(1) {
             redis::cmd("CLUSTER")
                 .arg("MEET")
                 .arg("127.0.0.1")
                 .arg(*port)
+                .arg(*bus)
                 .query_async::<()>(&mut first)
                 .await
                 .context("CLUSTER MEET")?;

@@ -43,6 +43,28 @@ async fn the_collector_stores_offsets_only_once_a_replica_has_the_batch() -> Tes
         stack.answers_within(0, Duration::from_secs(60), 5).await,
         "with its replica in sync the collector serves"
     );
+    let topic = stack.reply_topic.clone();
+    let offsets = stack.broker.group_offsets(&settings.group_id)?;
+    let behind_end =
+        |end: &std::collections::BTreeMap<i32, i64>,
+         committed: &std::collections::BTreeMap<i32, Option<i64>>| {
+            end.iter()
+                .any(|(p, e)| committed.get(p).copied().flatten().unwrap_or(0) < *e)
+        };
+    // Every batch so far counted (its `WAIT` answered, its offsets
+    // committed): a batch still waiting when the replica stops would hold up
+    // the next reply behind it.
+    let end = stack.broker.end_offsets(&topic)?;
+    let partitions: Vec<i32> = end.keys().copied().collect();
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            offsets
+                .committed(&topic, &partitions)
+                .is_ok_and(|c| !behind_end(&end, &c))
+        })
+        .await,
+        "the replicated batches' offsets were not committed"
+    );
 
     // Without the replica, replies are still stored on the master, but the
     // batch does not count: its offsets are not committed, it is retried.
@@ -62,14 +84,9 @@ async fn the_collector_stores_offsets_only_once_a_replica_has_the_batch() -> Tes
         .await,
         "a batch without its replica was taken as stored"
     );
-    let topic = stack.reply_topic.clone();
     let end = stack.broker.end_offsets(&topic)?;
-    let partitions: Vec<i32> = end.keys().copied().collect();
-    let offsets = stack.broker.group_offsets(&settings.group_id)?;
-    let behind = |committed: &std::collections::BTreeMap<i32, Option<i64>>| {
-        end.iter()
-            .any(|(p, e)| committed.get(p).copied().flatten().unwrap_or(0) < *e)
-    };
+    let behind =
+        |committed: &std::collections::BTreeMap<i32, Option<i64>>| behind_end(&end, committed);
     assert!(
         behind(&offsets.committed(&topic, &partitions)?),
         "the unreplicated batch's offset was committed"
