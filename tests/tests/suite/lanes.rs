@@ -216,8 +216,19 @@ async fn a_high_lane_command_overtakes_a_low_lane_backlog() -> TestResult {
         "the low lane was not served: {:?}",
         stats.queued()
     );
-    let before = logged(&service.finishes);
+    // The urgent command is read while the running commands hold at the
+    // gate, so that what is measured is the order of starts, not how long
+    // the broker took to deliver it (on a loaded machine, hundreds of ms).
+    service.gate.send_replace(false);
     let urgent = send(&producer, high, replies, "high-0".into()).await?;
+    let read = eventually(Duration::from_secs(20), || async {
+        // Queued behind the held slots, or (a slot was free as it came) started.
+        stats.queued()[0] >= 1 || entries(&service.starts).iter().any(|b| b == "high-0")
+    })
+    .await;
+    anyhow::ensure!(read, "the high-lane command was not read ahead");
+    let before = logged(&service.finishes);
+    service.gate.send_replace(true);
     let overtook = eventually(Duration::from_secs(20), || async {
         entries(&service.finishes).iter().any(|b| b == "high-0")
     })
