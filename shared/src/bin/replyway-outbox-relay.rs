@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use replyway_shared::admin::AdminServer;
 use replyway_shared::outbox::{Relay, RelaySettings};
 use replyway_shared::{service, settings};
 
@@ -30,8 +31,11 @@ async fn main() {
         "outbox relay",
         args.config.as_deref(),
         |_: &mut RelaySettings| {},
-        |settings| Ok(Relay::new(&settings)?),
-        |relay, stop| async move { Ok(relay.run(stop).await?) },
+        |settings| Ok((Relay::new(&settings)?, settings.admin_listen)),
+        |(relay, admin_listen), stop| async move {
+            let admin = AdminServer::bind(&admin_listen).await?;
+            Ok(relay.run_with_admin(admin, stop).await?)
+        },
     )
     .await;
     std::process::exit(status)

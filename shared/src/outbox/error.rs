@@ -16,6 +16,9 @@ pub enum OutboxError {
         /// The database's error.
         source: tokio_postgres::Error,
     },
+    /// The connection to PostgreSQL ended (the server stopped or closed it).
+    #[error("postgres: the connection closed")]
+    Disconnected,
     /// The replication stream failed.
     #[error("logical replication: {0}")]
     Replication(#[from] pgwire_replication::PgWireError),

@@ -10,6 +10,8 @@
 //!   PostgreSQL's logical replication (pgoutput), acknowledging the WAL position
 //!   and deleting the rows only after the broker acknowledged them (the binary
 //!   `replyway-outbox-relay` runs one);
+//!   with `admin_listen` it serves `/healthz`, `/readyz` (`200` while it
+//!   streams the outbox) and `/metrics` (`replyway_outbox_relay_*`);
 //! * [`schema`] — the tables, the publication and the replication slot;
 //! * [`row`] — an outbox row: a Kafka record kept in the database;
 //! * [`pgoutput`] — decoding the inserts of the replication stream;
@@ -17,6 +19,7 @@
 //! * [`OutboxError`] — why either could not start or stopped.
 
 mod error;
+mod metrics;
 pub mod pgoutput;
 mod relay;
 mod responder;

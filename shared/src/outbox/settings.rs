@@ -146,6 +146,9 @@ pub struct RelaySettings {
     /// later than this is executed again.
     #[serde(with = "humantime_serde")]
     pub dedup_retention: Duration,
+    /// The admin port's address (`/healthz`, `/readyz`, `/metrics`); empty:
+    /// none.
+    pub admin_listen: String,
     /// Kafka.
     pub kafka: KafkaSettings,
     /// Logging.
@@ -160,6 +163,7 @@ impl Default for RelaySettings {
             batch_wait: Duration::from_millis(5),
             ack_interval: Duration::from_secs(1),
             dedup_retention: Duration::from_secs(7 * 24 * 60 * 60),
+            admin_listen: String::new(),
             kafka: KafkaSettings::default(),
             log: LogSettings::default(),
         }

@@ -14,7 +14,10 @@ use serde_json::{Value, json};
 use replyway_shared::Request;
 use replyway_shared::outbox::{PostgresSettings, RelaySettings};
 use replyway_shared::settings::Secret;
-use replyway_tests::{Broker, Postgres, Proc, Stack, StackOptions, free_port, until_records};
+use replyway_tests::probe::metric;
+use replyway_tests::{
+    Broker, Postgres, Proc, Stack, StackOptions, eventually, free_port, until_records,
+};
 
 use super::ledger::{events_topic, ledger_gateway, requests_topic};
 
@@ -596,5 +599,76 @@ async fn a_redelivered_command_is_answered_from_its_dedup_record_not_executed_ag
             .await?,
         1
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_relays_admin_port_counts_what_it_published_and_tells_whether_it_streams() -> TestResult
+{
+    let broker = Broker::shared();
+    let prefix = format!("outbox-admin-{}", free_port());
+    let reply_topic = format!("{prefix}.replies");
+    let mut rig = Rig::start(
+        broker,
+        &prefix,
+        &reply_topic,
+        &[("alice", 1000), ("bob", 0)],
+    )
+    .await?;
+    let _ledger = rig.ledger().await?;
+    let producer = broker.producer()?;
+    const COMMANDS: i64 = 20;
+    for _ in 0..COMMANDS {
+        rig.send(&producer, &rig.transfer("alice", "bob", 1))
+            .await?;
+    }
+    rig.until_count("SELECT count(*) FROM replyway_outbox", 3 * COMMANDS)
+        .await?;
+
+    rig.relay.admin_listen = "127.0.0.1:0".into();
+    let mut relay = rig.relay(500).await?;
+    let admin = relay.reported_addr("admin", WAIT).await?.to_string();
+    rig.until_count("SELECT count(*) FROM replyway_outbox", 0)
+        .await?;
+    let http = reqwest::Client::new();
+    let read = |series: &'static str| {
+        let (http, admin) = (http.clone(), admin.clone());
+        async move { metric(&http, &admin, series).await }
+    };
+    let ready = || async {
+        http.get(format!("http://{admin}/readyz"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    };
+    // Deleted only after the broker acknowledged: every row is counted.
+    let published = "replyway_outbox_relay_published_rows_total";
+    assert_eq!(read(published).await?, Some(3.0 * COMMANDS as f64));
+    assert!(read("replyway_outbox_relay_batches_total").await? >= Some(1.0));
+    assert_eq!(read("replyway_outbox_relay_streaming").await?, Some(1.0));
+    assert_eq!(read("replyway_outbox_relay_pending_rows").await?, Some(0.0));
+    assert!(read("replyway_outbox_relay_acknowledged_lsn").await? > Some(0.0));
+    assert_eq!(ready().await?, 200);
+
+    // The database gone: not ready, and the failed sessions are counted.
+    rig.pg.stop();
+    let down = eventually(WAIT, || async {
+        ready().await.is_ok_and(|s| s == 503)
+            && read("replyway_outbox_relay_session_failures_total")
+                .await
+                .is_ok_and(|n| n >= Some(1.0))
+    })
+    .await;
+    assert!(
+        down,
+        "the relay still reported itself streaming:\n{}",
+        relay.log()
+    );
+    assert_eq!(read("replyway_outbox_relay_streaming").await?, Some(0.0));
+
+    // Back: it streams again.
+    rig.pg.restart()?;
+    let up = eventually(WAIT, || async { ready().await.is_ok_and(|s| s == 200) }).await;
+    assert!(up, "the relay did not stream again:\n{}", relay.log());
     Ok(())
 }
