@@ -27,6 +27,8 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     /// Whether commits are flushed to disk (`fsync`).
     durable: bool,
+    /// Whether it serves TLS (with the certificates in `<dir>/tls`).
+    tls: bool,
 }
 
 fn is_root() -> bool {
@@ -56,7 +58,26 @@ impl Postgres {
     /// When the binaries are missing (`scripts/install-deps.sh` installs
     /// them), `initdb` fails, or the server does not listen within 30 s.
     pub fn start() -> anyhow::Result<Self> {
-        Self::start_with(false)
+        Self::start_with(false, false)
+    }
+
+    /// As [`Postgres::start`], serving TLS as well (`ssl = on`) with a
+    /// certificate for 127.0.0.1 signed by the CA of [`Postgres::ca_file`];
+    /// plain connections are still accepted (the harness's own).
+    ///
+    /// # Errors
+    /// As [`Postgres::start`], or when the certificates cannot be made.
+    pub fn start_tls() -> anyhow::Result<Self> {
+        Self::start_with(false, true)
+    }
+
+    /// The CA that signed the server's certificate (a TLS server's only).
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.tls.then(|| self.tls_dir().join("ca.pem"))
+    }
+
+    fn tls_dir(&self) -> PathBuf {
+        self.dir.path().join("tls")
     }
 
     /// As [`Postgres::start`], but with `fsync` on, as a production server
@@ -65,10 +86,10 @@ impl Postgres {
     /// # Errors
     /// As [`Postgres::start`].
     pub fn start_durable() -> anyhow::Result<Self> {
-        Self::start_with(true)
+        Self::start_with(true, false)
     }
 
-    fn start_with(durable: bool) -> anyhow::Result<Self> {
+    fn start_with(durable: bool, tls: bool) -> anyhow::Result<Self> {
         anyhow::ensure!(
             Path::new(BIN_DIR).join("initdb").is_file(),
             "{BIN_DIR}/initdb is missing: install Debian's postgresql package (scripts/install-deps.sh)"
@@ -101,9 +122,33 @@ impl Postgres {
             port: free_port(),
             dir,
             durable,
+            tls,
         };
+        if tls {
+            server.make_certificates()?;
+        }
         server.restart()?;
         Ok(server)
+    }
+
+    /// The CA, the server's certificate and its key in `<dir>/tls`, readable
+    /// by the server's user only, as PostgreSQL demands of the key.
+    fn make_certificates(&self) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.tls_dir();
+        std::fs::create_dir(&dir)?;
+        crate::tls::certificates(&dir)?;
+        std::fs::set_permissions(dir.join("key.pem"), std::fs::Permissions::from_mode(0o600))?;
+        if is_root() {
+            let status = Command::new("chown")
+                .arg("-R")
+                .arg(format!("{SERVER_USER}:"))
+                .arg(&dir)
+                .status()
+                .context("chown of the certificates")?;
+            anyhow::ensure!(status.success(), "chown of the certificates failed");
+        }
+        Ok(())
     }
 
     /// Starts the server (again) on the same port and data.
@@ -124,6 +169,7 @@ impl Postgres {
             ))
             .args(["-c", "wal_level=logical", "-c", "max_replication_slots=8"])
             .args(["-c", "max_wal_senders=8", "-c", "max_connections=200"])
+            .args(self.tls_args())
             // A test's server never outlives the machine: skip the disk
             // flushes (unless measuring).
             .arg("-c")
@@ -157,6 +203,21 @@ impl Postgres {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    fn tls_args(&self) -> Vec<String> {
+        if !self.tls {
+            return Vec::new();
+        }
+        let dir = self.tls_dir();
+        vec![
+            "-c".into(),
+            "ssl=on".into(),
+            "-c".into(),
+            format!("ssl_cert_file={}", dir.join("cert.pem").display()),
+            "-c".into(),
+            format!("ssl_key_file={}", dir.join("key.pem").display()),
+        ]
     }
 
     /// The server's log so far.

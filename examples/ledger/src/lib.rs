@@ -310,7 +310,7 @@ async fn run_on_postgres(settings: &Settings, shutdown: CancellationToken) -> an
         &settings.postgres,
     )
     .await?;
-    let client = replyway_shared::outbox::schema::connect(&settings.postgres.config()?).await?;
+    let client = settings.postgres.database()?.connect().await?;
     let opened = postgres::open_accounts(&client, &settings.accounts).await?;
     drop(client);
     tracing::info!(

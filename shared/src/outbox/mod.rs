@@ -18,6 +18,7 @@
 //! * [`settings`] — `postgres.*` and the relay's settings;
 //! * [`OutboxError`] — why either could not start or stopped.
 
+mod database;
 mod error;
 mod metrics;
 pub mod pgoutput;
@@ -27,6 +28,7 @@ pub mod row;
 pub mod schema;
 pub mod settings;
 
+pub use database::{Database, Tls};
 pub use error::OutboxError;
 pub use relay::{Relay, RelayStats};
 pub use responder::{OutboxHandler, OutboxResponder, OutboxStats};

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
 use rdkafka::producer::FutureProducer;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::settings::InvalidSetting;
 
+use super::database::Database;
 use super::error::OutboxError;
 use super::pgoutput::Decoder;
 use super::row::OutboxRow;
@@ -68,7 +69,7 @@ const IDLE_WAIT: Duration = Duration::from_secs(3600);
 /// Publishes the outbox to Kafka.
 pub struct Relay {
     settings: RelaySettings,
-    config: tokio_postgres::Config,
+    database: Database,
     producer: FutureProducer,
     stats: Arc<RelayStats>,
 }
@@ -96,7 +97,7 @@ impl Relay {
     pub fn new(settings: &RelaySettings) -> Result<Self, OutboxError> {
         settings.validate()?;
         Ok(Self {
-            config: settings.postgres.config()?,
+            database: settings.postgres.database()?,
             producer: settings.kafka.producer_config().create()?,
             settings: settings.clone(),
             stats: Arc::default(),
@@ -165,7 +166,9 @@ impl Relay {
         // idle relay's `recv` was still pending a minute later, and the
         // relay would have slept through the restart. The session ends when
         // the connection beside the stream closes.
-        let (client, disconnected) = schema::connect_watched(&self.config)
+        let (client, disconnected) = self
+            .database
+            .connect_watched()
             .await
             .map_err(OutboxError::postgres("connecting"))?;
         schema::install(&client)
@@ -179,6 +182,9 @@ impl Relay {
             return Ok(());
         }
         let mut stream = ReplicationClient::connect(self.replication_config()?).await?;
+        // Connecting, TLS, authentication and START_REPLICATION run in the
+        // stream's task: streaming once the server accepted the start.
+        stream.wait_started().await?;
         self.stats.streaming.store(true, Ordering::Relaxed);
         tracing::info!(
             slot = %slot,
@@ -261,7 +267,7 @@ impl Relay {
 
     /// The replication connection's settings, from `postgres.url`.
     fn replication_config(&self) -> Result<ReplicationConfig, OutboxError> {
-        let c = &self.config;
+        let c = &self.database.config;
         let [tokio_postgres::config::Host::Tcp(host)] = c.get_hosts() else {
             return Err(InvalidSetting::new("postgres.url", "must name one TCP host").into());
         };
@@ -278,7 +284,7 @@ impl Relay {
             schema::PUBLICATION,
         )
         .with_port(c.get_ports().first().copied().unwrap_or(5432))
-        .with_tls(TlsConfig::disabled())
+        .with_tls(self.database.tls.replication(host))
         .with_status_interval(self.settings.ack_interval))
     }
 

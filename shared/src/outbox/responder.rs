@@ -53,6 +53,7 @@ use crate::responder::transactional::Answer;
 use crate::responder::{Cancelled, HandlerError, Redeliver};
 use crate::settings::KafkaSettings;
 
+use super::database::Database;
 use super::error::OutboxError;
 use super::row::OutboxRow;
 use super::schema;
@@ -93,7 +94,7 @@ pub struct OutboxStats {
 /// Consumes commands and answers them through the outbox.
 pub struct OutboxResponder {
     consumer: StreamConsumer,
-    config: tokio_postgres::Config,
+    database: Database,
     connections: Vec<Client>,
     stats: Arc<OutboxStats>,
 }
@@ -124,11 +125,12 @@ impl OutboxResponder {
         postgres: &PostgresSettings,
     ) -> Result<Self, OutboxError> {
         postgres.validate()?;
-        let config = postgres.config()?;
+        let database = postgres.database()?;
         let mut connections = Vec::with_capacity(postgres.connections);
         for _ in 0..postgres.connections {
             connections.push(
-                schema::connect(&config)
+                database
+                    .connect()
                     .await
                     .map_err(OutboxError::postgres("connecting"))?,
             );
@@ -144,7 +146,7 @@ impl OutboxResponder {
         consumer.subscribe(topics)?;
         Ok(Self {
             consumer,
-            config,
+            database,
             connections,
             stats: Arc::default(),
         })
@@ -168,7 +170,7 @@ impl OutboxResponder {
     ) -> Result<(), OutboxError> {
         let Self {
             consumer,
-            config,
+            database,
             mut connections,
             stats,
         } = self;
@@ -209,10 +211,11 @@ impl OutboxResponder {
             }
             let serving = commands.into_iter().zip(connections.iter_mut()).map(
                 |((position, request), client)| {
-                    let (handler, config, stats, shutdown) = (&handler, &config, &stats, &shutdown);
+                    let (handler, database, stats, shutdown) =
+                        (&handler, &database, &stats, &shutdown);
                     async move {
                         let answered =
-                            serve(client, config, handler, request, stats, shutdown).await;
+                            serve(client, database, handler, request, stats, shutdown).await;
                         (position, answered)
                     }
                 },
@@ -287,7 +290,7 @@ fn store_offsets(consumer: &StreamConsumer, mut done: Vec<(Position, bool)>) {
 /// Returns whether its offset may be stored.
 async fn serve<H: OutboxHandler>(
     client: &mut Client,
-    config: &tokio_postgres::Config,
+    database: &Database,
     handler: &H,
     request: Request,
     stats: &OutboxStats,
@@ -296,7 +299,7 @@ async fn serve<H: OutboxHandler>(
     let mut backoff = Backoff::default();
     loop {
         if client.is_closed() {
-            match schema::connect(config).await {
+            match database.connect().await {
                 Ok(fresh) => *client = fresh,
                 Err(e) => {
                     tracing::warn!(error = %e, "could not reconnect to postgres; retrying");

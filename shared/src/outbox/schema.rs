@@ -13,7 +13,6 @@
 
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
-use tokio_util::sync::CancellationToken;
 
 /// The outbox table.
 pub const OUTBOX_TABLE: &str = "replyway_outbox";
@@ -129,33 +128,4 @@ fn is_concurrent_creation(e: &tokio_postgres::Error) -> bool {
     [SqlState::UNIQUE_VIOLATION, SqlState::DUPLICATE_OBJECT]
         .iter()
         .any(|code| e.code() == Some(code))
-}
-
-/// Opens a connection and drives it in the background.
-///
-/// # Errors
-/// When PostgreSQL cannot be reached or refuses the connection.
-pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
-    Ok(connect_watched(config).await?.0)
-}
-
-/// Opens a connection and drives it in the background; the token is
-/// cancelled when the connection ends (the server stopped or closed it), for
-/// a task that would otherwise learn of it only at its next query.
-///
-/// # Errors
-/// When PostgreSQL cannot be reached or refuses the connection.
-pub async fn connect_watched(
-    config: &tokio_postgres::Config,
-) -> Result<(Client, CancellationToken), tokio_postgres::Error> {
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-    let closed = CancellationToken::new();
-    let ended = closed.clone();
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "postgres connection closed");
-        }
-        ended.cancel();
-    });
-    Ok((client, closed))
 }

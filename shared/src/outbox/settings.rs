@@ -1,6 +1,7 @@
 //! Settings of the outbox: how to reach PostgreSQL (`postgres.*`, shared by a
 //! service in outbox mode and its relay) and the relay's own.
 
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -29,6 +30,11 @@ pub struct PostgresSettings {
     /// Longest wait for a connection to be established.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// PEM file of the CAs that sign the server's certificate. Set: every
+    /// connection is TLS and the server must present a certificate of one of
+    /// them for the URL's host (a server without TLS is refused); unset: no
+    /// TLS.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for PostgresSettings {
@@ -38,6 +44,7 @@ impl Default for PostgresSettings {
             slot: DEFAULT_SLOT.into(),
             connections: 8,
             connect_timeout: Duration::from_secs(5),
+            tls_ca_file: None,
         }
     }
 }
@@ -99,6 +106,18 @@ impl PostgresSettings {
         }
         config.connect_timeout(self.connect_timeout);
         Ok(config)
+    }
+
+    /// The database: the URL's configuration and TLS, checked and read once.
+    ///
+    /// # Errors
+    /// [`InvalidSetting`] as [`PostgresSettings::config`], or when the CA
+    /// file cannot be read or holds no certificate.
+    pub fn database(&self) -> Result<super::database::Database, InvalidSetting> {
+        Ok(super::database::Database {
+            config: self.config()?,
+            tls: super::database::Tls::new(self.tls_ca_file.as_deref())?,
+        })
     }
 
     /// The URL with any password hidden, for logs.

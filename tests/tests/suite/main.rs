@@ -18,6 +18,7 @@ mod lanes;
 mod ledger;
 mod operations;
 mod outbox;
+mod outbox_operations;
 mod python_service;
 mod replication;
 mod request_reply;

@@ -14,37 +14,44 @@ use serde_json::{Value, json};
 use replyway_shared::Request;
 use replyway_shared::outbox::{PostgresSettings, RelaySettings};
 use replyway_shared::settings::Secret;
-use replyway_tests::probe::metric;
-use replyway_tests::{
-    Broker, Postgres, Proc, Stack, StackOptions, eventually, free_port, until_records,
-};
+use replyway_tests::{Broker, Postgres, Proc, Stack, StackOptions, free_port, until_records};
 
 use super::ledger::{events_topic, ledger_gateway, requests_topic};
 
-type TestResult = anyhow::Result<()>;
+pub(super) type TestResult = anyhow::Result<()>;
 
 /// Longest wait for any one thing a test waits for.
-const WAIT: Duration = Duration::from_secs(60);
+pub(super) const WAIT: Duration = Duration::from_secs(60);
 
 /// A PostgreSQL server, and the settings of a ledger and a relay on it.
-struct Rig {
-    pg: Postgres,
-    db: tokio_postgres::Client,
-    ledger: replyway_ledger::Settings,
-    relay: RelaySettings,
+pub(super) struct Rig {
+    pub(super) pg: Postgres,
+    pub(super) db: tokio_postgres::Client,
+    pub(super) ledger: replyway_ledger::Settings,
+    pub(super) relay: RelaySettings,
     reply_topic: String,
 }
 
 impl Rig {
     /// A database, topics under `prefix` (created), and the settings of the
     /// ledger (`accounts`) and the relay on them, with `kafka`.
-    async fn start(
+    pub(super) async fn start(
         broker: &Broker,
         prefix: &str,
         reply_topic: &str,
         accounts: &[(&str, u64)],
     ) -> anyhow::Result<Self> {
-        let pg = Postgres::start()?;
+        Self::start_on(Postgres::start()?, broker, prefix, reply_topic, accounts).await
+    }
+
+    /// As [`Rig::start`], on `pg`.
+    pub(super) async fn start_on(
+        pg: Postgres,
+        broker: &Broker,
+        prefix: &str,
+        reply_topic: &str,
+        accounts: &[(&str, u64)],
+    ) -> anyhow::Result<Self> {
         let db = pg.client().await?;
         let (requests, events) = (requests_topic(prefix), events_topic(prefix));
         broker
@@ -81,7 +88,7 @@ impl Rig {
     }
 
     /// A ledger process, once it serves.
-    async fn ledger(&self) -> anyhow::Result<Proc> {
+    pub(super) async fn ledger(&self) -> anyhow::Result<Proc> {
         let mut proc = Proc::spawn("replyway-ledger", &self.ledger, None)?;
         until_logged(&mut proc, "ledger service started on the postgres outbox").await?;
         Ok(proc)
@@ -89,7 +96,7 @@ impl Rig {
 
     /// A relay process publishing at most `max_batch` rows at once, once it
     /// streams.
-    async fn relay(&self, max_batch: usize) -> anyhow::Result<Proc> {
+    pub(super) async fn relay(&self, max_batch: usize) -> anyhow::Result<Proc> {
         let settings = RelaySettings {
             max_batch,
             // Often, so that a kill can land after an acknowledgement.
@@ -101,17 +108,17 @@ impl Rig {
         Ok(proc)
     }
 
-    async fn count(&self, sql: &str) -> anyhow::Result<i64> {
+    pub(super) async fn count(&self, sql: &str) -> anyhow::Result<i64> {
         Ok(self.db.query_one(sql, &[]).await?.try_get(0)?)
     }
 
     /// Rows waiting in the outbox.
-    async fn outbox_rows(&self) -> anyhow::Result<i64> {
+    pub(super) async fn outbox_rows(&self) -> anyhow::Result<i64> {
         self.count("SELECT count(*) FROM replyway_outbox").await
     }
 
     /// Waits until `sql` counts `n`.
-    async fn until_count(&self, sql: &str, n: i64) -> anyhow::Result<()> {
+    pub(super) async fn until_count(&self, sql: &str, n: i64) -> anyhow::Result<()> {
         let deadline = Instant::now() + WAIT;
         loop {
             let found = self.count(sql).await?;
@@ -152,7 +159,7 @@ impl Rig {
 
     /// A transfer command as the gateway produces it, answered to the rig's
     /// reply topic.
-    fn transfer(&self, from: &str, to: &str, amount: u64) -> Request {
+    pub(super) fn transfer(&self, from: &str, to: &str, amount: u64) -> Request {
         let body = json!({ "from": from, "to": to, "amount": amount }).to_string();
         let mut request = Request::new(&self.reply_topic, body);
         request.method = Some("POST".into());
@@ -162,7 +169,7 @@ impl Rig {
     }
 
     /// Produces `command` to the ledger's request topic.
-    async fn send(&self, producer: &FutureProducer, command: &Request) -> TestResult {
+    pub(super) async fn send(&self, producer: &FutureProducer, command: &Request) -> TestResult {
         let record = FutureRecord::to(&self.ledger.topics[0])
             .key(&command.correlation_id)
             .payload(&command.body[..])
@@ -176,7 +183,7 @@ impl Rig {
 }
 
 /// Waits until `proc` logged `line` (or exited).
-async fn until_logged(proc: &mut Proc, line: &str) -> TestResult {
+pub(super) async fn until_logged(proc: &mut Proc, line: &str) -> TestResult {
     let deadline = Instant::now() + WAIT;
     loop {
         let log = proc.log();
@@ -195,7 +202,7 @@ async fn until_logged(proc: &mut Proc, line: &str) -> TestResult {
 }
 
 /// Kills `proc` with SIGKILL and waits until it is gone.
-async fn kill(proc: &mut Proc) -> TestResult {
+pub(super) async fn kill(proc: &mut Proc) -> TestResult {
     proc.signal("KILL")?;
     anyhow::ensure!(
         proc.wait_exit(Duration::from_secs(10)).await.is_some(),
@@ -204,7 +211,7 @@ async fn kill(proc: &mut Proc) -> TestResult {
     Ok(())
 }
 
-fn header(message: &OwnedMessage, name: &str) -> Option<String> {
+pub(super) fn header(message: &OwnedMessage, name: &str) -> Option<String> {
     message
         .headers()?
         .iter()
@@ -213,13 +220,13 @@ fn header(message: &OwnedMessage, name: &str) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
-fn body(message: &OwnedMessage) -> Value {
+pub(super) fn body(message: &OwnedMessage) -> Value {
     serde_json::from_slice(message.payload().unwrap_or_default()).unwrap_or(Value::Null)
 }
 
 /// Waits until `topic` holds a record of each of `ids` (by `correlation-id`),
 /// and returns every record of theirs read by then.
-async fn until_each(
+pub(super) async fn until_each(
     broker: &Broker,
     topic: &str,
     ids: &BTreeSet<String>,
@@ -599,76 +606,5 @@ async fn a_redelivered_command_is_answered_from_its_dedup_record_not_executed_ag
             .await?,
         1
     );
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_relays_admin_port_counts_what_it_published_and_tells_whether_it_streams() -> TestResult
-{
-    let broker = Broker::shared();
-    let prefix = format!("outbox-admin-{}", free_port());
-    let reply_topic = format!("{prefix}.replies");
-    let mut rig = Rig::start(
-        broker,
-        &prefix,
-        &reply_topic,
-        &[("alice", 1000), ("bob", 0)],
-    )
-    .await?;
-    let _ledger = rig.ledger().await?;
-    let producer = broker.producer()?;
-    const COMMANDS: i64 = 20;
-    for _ in 0..COMMANDS {
-        rig.send(&producer, &rig.transfer("alice", "bob", 1))
-            .await?;
-    }
-    rig.until_count("SELECT count(*) FROM replyway_outbox", 3 * COMMANDS)
-        .await?;
-
-    rig.relay.admin_listen = "127.0.0.1:0".into();
-    let mut relay = rig.relay(500).await?;
-    let admin = relay.reported_addr("admin", WAIT).await?.to_string();
-    rig.until_count("SELECT count(*) FROM replyway_outbox", 0)
-        .await?;
-    let http = reqwest::Client::new();
-    let read = |series: &'static str| {
-        let (http, admin) = (http.clone(), admin.clone());
-        async move { metric(&http, &admin, series).await }
-    };
-    let ready = || async {
-        http.get(format!("http://{admin}/readyz"))
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-    };
-    // Deleted only after the broker acknowledged: every row is counted.
-    let published = "replyway_outbox_relay_published_rows_total";
-    assert_eq!(read(published).await?, Some(3.0 * COMMANDS as f64));
-    assert!(read("replyway_outbox_relay_batches_total").await? >= Some(1.0));
-    assert_eq!(read("replyway_outbox_relay_streaming").await?, Some(1.0));
-    assert_eq!(read("replyway_outbox_relay_pending_rows").await?, Some(0.0));
-    assert!(read("replyway_outbox_relay_acknowledged_lsn").await? > Some(0.0));
-    assert_eq!(ready().await?, 200);
-
-    // The database gone: not ready, and the failed sessions are counted.
-    rig.pg.stop();
-    let down = eventually(WAIT, || async {
-        ready().await.is_ok_and(|s| s == 503)
-            && read("replyway_outbox_relay_session_failures_total")
-                .await
-                .is_ok_and(|n| n >= Some(1.0))
-    })
-    .await;
-    assert!(
-        down,
-        "the relay still reported itself streaming:\n{}",
-        relay.log()
-    );
-    assert_eq!(read("replyway_outbox_relay_streaming").await?, Some(0.0));
-
-    // Back: it streams again.
-    rig.pg.restart()?;
-    let up = eventually(WAIT, || async { ready().await.is_ok_and(|s| s == 200) }).await;
-    assert!(up, "the relay did not stream again:\n{}", relay.log());
     Ok(())
 }
