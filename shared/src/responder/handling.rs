@@ -3,6 +3,7 @@
 //! and the [`TransactionalResponder`](super::TransactionalResponder), so that
 //! both answer alike (trace kept, parts numbered, a failure answered `500`).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
@@ -14,18 +15,58 @@ use crate::trace::TraceContext;
 
 use super::{Cancelled, HandlerError, Parts, Redeliver, ResponderStats};
 
-/// One command on its way through a handler: its id, where its reply goes,
-/// the span and trace context of this hop, and the parts it may stream.
+/// One command on its way through a handler: where its reply goes, the span
+/// of this hop, and the parts it may stream.
 pub(super) struct Handling {
+    /// The command's correlation id.
     pub(super) id: String,
-    pub(super) reply_to: String,
+    address: Arc<ReplyAddress>,
+    pub(super) span: tracing::Span,
+    parts: Parts,
+}
+
+/// Where a command's reply records go and what they carry back: the one
+/// builder of the final reply's record and of every part's, so that a part
+/// of a Spring command goes where its reply goes, as its reply does.
+pub(super) struct ReplyAddress {
+    id: String,
+    reply_to: String,
     /// The partition of `reply_to` (Spring's `kafka_replyPartition`).
     reply_partition: Option<i32>,
     /// Spring's `kafka_correlationId`, echoed in the reply.
     spring_correlation_id: Option<Bytes>,
-    pub(super) span: tracing::Span,
+    /// This hop's trace context.
     trace: TraceContext,
-    parts: Parts,
+}
+
+impl ReplyAddress {
+    /// The headers of `reply`'s record: the record contract's, this hop's
+    /// trace context, and the command's `kafka_correlationId` when it
+    /// carried one.
+    pub(super) fn headers(&self, reply: &Reply) -> OwnedHeaders {
+        let headers = self.trace.add_to(reply.record_headers(&self.id));
+        match &self.spring_correlation_id {
+            Some(id) => spring::with_correlation_id(headers, id),
+            None => headers,
+        }
+    }
+
+    /// The record of `reply`: to the command's `reply-to` (its partition,
+    /// when the command named one), keyed by its correlation id.
+    pub(super) fn record<'a>(
+        &'a self,
+        reply: &'a Reply,
+        headers: OwnedHeaders,
+    ) -> FutureRecord<'a, str, [u8]> {
+        let record = FutureRecord::to(&self.reply_to)
+            .key(self.id.as_str())
+            .payload(&reply.body[..])
+            .headers(headers);
+        match self.reply_partition {
+            Some(partition) => record.partition(partition),
+            None => record,
+        }
+    }
 }
 
 /// What a handler's result asks for.
@@ -44,24 +85,21 @@ impl Handling {
     /// it back), and its parts are produced with `producer`.
     pub(super) fn start(request: &mut Request, producer: &FutureProducer) -> Self {
         let id = request.correlation_id.clone();
-        let reply_to = request.reply_to.clone();
         let span =
             tracing::info_span!("responder.handle", otel.kind = "consumer", correlation_id = %id);
-        let trace = request.continue_trace(&span);
-        let parts = Parts::new(
-            producer.clone(),
-            reply_to.clone(),
-            id.clone(),
-            trace.clone(),
-        );
+        let address = Arc::new(ReplyAddress {
+            id: id.clone(),
+            reply_to: request.reply_to.clone(),
+            reply_partition: request.reply_partition,
+            spring_correlation_id: request.spring_correlation_id.clone(),
+            trace: request.continue_trace(&span),
+        });
+        let parts = Parts::new(producer.clone(), Arc::clone(&address));
         request.parts = parts.clone();
         Self {
             id,
-            reply_to,
-            reply_partition: request.reply_partition,
-            spring_correlation_id: request.spring_correlation_id.clone(),
+            address,
             span,
-            trace,
             parts,
         }
     }
@@ -107,38 +145,25 @@ impl Handling {
         }
     }
 
-    /// The headers of `reply`'s record (give it [`Handling::last_part`]):
-    /// the record contract's, this hop's trace context, and the command's
-    /// `kafka_correlationId` when it carried one.
+    /// The headers of `reply`'s record (give it [`Handling::last_part`]);
+    /// see [`ReplyAddress::headers`].
     pub(super) fn headers(&self, reply: &Reply) -> OwnedHeaders {
-        let headers = self.trace.add_to(reply.record_headers(&self.id));
-        match &self.spring_correlation_id {
-            Some(id) => spring::with_correlation_id(headers, id),
-            None => headers,
-        }
+        self.address.headers(reply)
     }
 
     /// `headers` with this hop's trace context added (for the records a
     /// handler produces besides its reply).
     pub(super) fn traced(&self, headers: OwnedHeaders) -> OwnedHeaders {
-        self.trace.add_to(headers)
+        self.address.trace.add_to(headers)
     }
 
-    /// The reply record: to the command's `reply-to` (its partition, when
-    /// the command named one), keyed by its correlation id.
+    /// The reply record; see [`ReplyAddress::record`].
     pub(super) fn record<'a>(
         &'a self,
         reply: &'a Reply,
         headers: OwnedHeaders,
     ) -> FutureRecord<'a, str, [u8]> {
-        let record = FutureRecord::to(&self.reply_to)
-            .key(self.id.as_str())
-            .payload(&reply.body[..])
-            .headers(headers);
-        match self.reply_partition {
-            Some(partition) => record.partition(partition),
-            None => record,
-        }
+        self.address.record(reply, headers)
     }
 }
 

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 
+use super::handling::ReplyAddress;
 use crate::record::{MAX_PART, Reply};
-use crate::trace::TraceContext;
 
 /// Where a handler sends the parts of its streamed reply
 /// ([`Request::parts`](crate::record::Request::parts)).
@@ -23,9 +23,7 @@ pub struct Parts {
 
 struct Inner {
     producer: FutureProducer,
-    reply_to: String,
-    id: String,
-    trace: TraceContext,
+    address: Arc<ReplyAddress>,
     next: AtomicU32,
 }
 
@@ -52,19 +50,12 @@ pub enum PartError {
 }
 
 impl Parts {
-    /// The parts of the reply to `id`, produced to `reply_to` in `trace`.
-    pub(super) fn new(
-        producer: FutureProducer,
-        reply_to: String,
-        id: String,
-        trace: TraceContext,
-    ) -> Self {
+    /// The parts of the reply to `address`, produced with `producer`.
+    pub(super) fn new(producer: FutureProducer, address: Arc<ReplyAddress>) -> Self {
         Self {
             inner: Some(Arc::new(Inner {
                 producer,
-                reply_to,
-                id,
-                trace,
+                address,
                 next: AtomicU32::new(0),
             })),
         }
@@ -82,11 +73,7 @@ impl Parts {
             return Err(PartError::TooMany);
         }
         let part = reply.as_part(number, false);
-        let headers = inner.trace.add_to(part.record_headers(&inner.id));
-        let record = FutureRecord::to(&inner.reply_to)
-            .key(&inner.id)
-            .payload(&part.body[..])
-            .headers(headers);
+        let record = inner.address.record(&part, inner.address.headers(&part));
         inner
             .producer
             .send(record, Duration::from_secs(5))

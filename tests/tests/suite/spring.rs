@@ -398,3 +398,85 @@ fn the_readmes_spring_code_is_the_code_the_suite_runs() -> TestResult {
     }
     Ok(())
 }
+
+/// A streamed reply to a Spring command goes where its single reply would: each
+/// part to `kafka_replyPartition` with `kafka_correlationId` back, as the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_streamed_reply_to_a_spring_command_keeps_its_partition_and_id_in_every_part()
+-> TestResult {
+    let broker = Broker::shared();
+    let prefix = format!("spring-parts-{}", &new_correlation_id()[..8]);
+    let (requests, replies) = (format!("{prefix}.echo"), format!("{prefix}.replies"));
+    broker.create_topics(&[&requests, &replies], 3).await?;
+    let echo_settings = replyway_echo::Settings {
+        topics: vec![requests.clone()],
+        group_id: format!("{prefix}-echo"),
+        kafka: broker.kafka_settings(),
+        ..replyway_echo::Settings::default()
+    };
+    let mut echo = Proc::spawn("replyway-echo", &echo_settings, None)?;
+    echo.logged("echo service started", JVM).await?;
+
+    // A command shaped as Spring's ReplyingKafkaTemplate sends it.
+    let spring_id: Vec<u8> = (0xa0..0xb0).collect();
+    let headers = rdkafka::message::OwnedHeaders::new()
+        .insert(rdkafka::message::Header {
+            key: header::SPRING_REPLY_TOPIC,
+            value: Some(replies.as_bytes()),
+        })
+        .insert(rdkafka::message::Header {
+            key: header::SPRING_REPLY_PARTITION,
+            value: Some(&[0u8, 0, 0, 2][..]),
+        })
+        .insert(rdkafka::message::Header {
+            key: header::SPRING_CORRELATION_ID,
+            value: Some(&spring_id[..]),
+        });
+    let body = json!({ "parts": 4 }).to_string();
+    broker
+        .producer()?
+        .send(
+            rdkafka::producer::FutureRecord::<(), _>::to(&requests)
+                .payload(&body)
+                .headers(headers),
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
+
+    let records = replyway_tests::until_records(
+        &broker.kafka_settings(),
+        &replies,
+        &BTreeMap::new(),
+        4,
+        JVM,
+        |_| true,
+    )
+    .await?;
+    let mut parts = Vec::new();
+    for record in &records {
+        assert_eq!(record.partition(), 2, "kafka_replyPartition");
+        let headers = record.headers().expect("a part has headers");
+        let value = |name: &str| headers.iter().find(|h| h.key == name).and_then(|h| h.value);
+        assert_eq!(
+            value(header::SPRING_CORRELATION_ID),
+            Some(&spring_id[..]),
+            "kafka_correlationId back in every part"
+        );
+        let part: u32 =
+            std::str::from_utf8(value(header::REPLY_PART).expect("reply-part"))?.parse()?;
+        parts.push((
+            part,
+            value(header::REPLY_LAST).is_some_and(|v| v == b"true"),
+        ));
+    }
+    parts.sort_unstable();
+    assert_eq!(
+        parts,
+        [(0, false), (1, false), (2, false), (3, true)],
+        "{records:?}"
+    );
+    echo.signal("TERM")?;
+    assert!(echo.wait_exit(Duration::from_secs(15)).await.is_some());
+    Ok(())
+}
