@@ -13,17 +13,15 @@
 //!   cargo run --release -p replyway-bench --bin outbox-cost -- --commands 5000 --runs 3 [--connections 8]
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
 use rdkafka::producer::FutureRecord;
-use rdkafka::{Offset, TopicPartitionList};
 
+use replyway_bench::replies::until_replies;
 use replyway_shared::Request;
 use replyway_shared::outbox::{PostgresSettings, RelaySettings};
-use replyway_shared::settings::{KafkaSettings, RedisSettings, Secret};
+use replyway_shared::settings::{RedisSettings, Secret};
 use replyway_tests::{Broker, Postgres, Proc, RedisServer};
 
 #[derive(Parser)]
@@ -137,7 +135,15 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             let service = Proc::spawn_with_log("replyway-ledger", &ledger, None, "warn")?;
-            let rate = time_replies(&kafka, &replies, &ids)?;
+            let rate = until_replies(
+                &kafka,
+                &replies,
+                PARTITIONS,
+                ids.len(),
+                |id| ids.contains(id),
+                RUN_LIMIT,
+            )?
+            .rate();
             drop(service);
             println!("run {run}: {}: {rate:.0} transfers/s", mode.name());
             seen.push(rate);
@@ -157,52 +163,4 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Reads `topic` from the start until a reply of every id in `ids` was seen;
-/// returns replies per second from the first to the last.
-fn time_replies(kafka: &KafkaSettings, topic: &str, ids: &HashSet<String>) -> anyhow::Result<f64> {
-    let consumer: BaseConsumer = kafka
-        .consumer_config(&format!("{topic}-reader"))
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..PARTITIONS {
-        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
-    }
-    consumer.assign(&assignment)?;
-    let started = Instant::now();
-    let (mut first, mut last) = (None, started);
-    let mut answered = HashSet::with_capacity(ids.len());
-    while answered.len() < ids.len() {
-        anyhow::ensure!(
-            started.elapsed() < RUN_LIMIT,
-            "{} of {} replies within {RUN_LIMIT:?}",
-            answered.len(),
-            ids.len()
-        );
-        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        let message = message?;
-        let id = message
-            .headers()
-            .and_then(|h| h.iter().find(|h| h.key == "correlation-id"))
-            .and_then(|h| h.value)
-            .map(|v| String::from_utf8_lossy(v).into_owned());
-        if let Some(id) = id
-            && ids.contains(&id)
-            && answered.insert(id)
-        {
-            let now = Instant::now();
-            first.get_or_insert(now);
-            last = now;
-        }
-    }
-    let span = last.duration_since(first.unwrap_or(last)).as_secs_f64();
-    Ok(if span > 0.0 {
-        (ids.len() - 1) as f64 / span
-    } else {
-        f64::INFINITY
-    })
 }

@@ -8,17 +8,13 @@
 //!
 //!   cargo run --release -p replyway-bench --bin tx-throughput -- --commands 20000 --runs 3
 
-use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
 use rdkafka::producer::FutureRecord;
-use rdkafka::{Offset, TopicPartitionList};
 
+use replyway_bench::replies::until_replies;
 use replyway_shared::Request;
-use replyway_shared::settings::KafkaSettings;
 use replyway_tests::{Broker, Proc};
 
 #[derive(Parser)]
@@ -119,13 +115,16 @@ async fn main() -> anyhow::Result<()> {
             };
             let reading = {
                 let (kafka, replies, n) = (kafka.clone(), replies.clone(), args.commands);
-                tokio::task::spawn_blocking(move || time_replies(&kafka, &replies, n))
+                tokio::task::spawn_blocking(move || {
+                    until_replies(&kafka, &replies, PARTITIONS, n, |_| true, RUN_LIMIT)
+                })
             };
             let mut echo = Proc::spawn_with_log("replyway-echo", &settings, None, "warn")?;
-            let span = reading.await??;
+            let arrivals = reading.await??;
             echo.signal("TERM")?;
             echo.wait_exit(Duration::from_secs(30)).await;
-            let rate = (args.commands - 1) as f64 / span.as_secs_f64();
+            let rate = arrivals.rate();
+            let span = arrivals.last.duration_since(arrivals.first);
             println!(
                 "run {run}: {:<40} {rate:>8.0} commands/s ({} commands in {span:.2?})",
                 mode.name(),
@@ -145,41 +144,4 @@ async fn main() -> anyhow::Result<()> {
         println!("| {} | {median:.0} | {} |", mode.name(), runs.join(", "));
     }
     Ok(())
-}
-
-/// Reads `topic` with `read_committed` from its start until `n` distinct
-/// replies arrived; returns the time from the first to the last.
-fn time_replies(kafka: &KafkaSettings, topic: &str, n: usize) -> anyhow::Result<Duration> {
-    let consumer: BaseConsumer = kafka
-        .consumer_config("replyway-bench-tx-reader")
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..PARTITIONS {
-        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
-    }
-    consumer.assign(&assignment)?;
-    let (started, mut first, mut ids) = (Instant::now(), None, HashSet::new());
-    while ids.len() < n {
-        anyhow::ensure!(
-            started.elapsed() < RUN_LIMIT,
-            "{} of {n} replies on {topic} after {RUN_LIMIT:?}",
-            ids.len()
-        );
-        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        let message = message?;
-        let id = message.headers().and_then(|h| {
-            h.iter()
-                .find(|h| h.key == "correlation-id")
-                .and_then(|h| h.value)
-                .map(<[u8]>::to_vec)
-        });
-        if let Some(id) = id {
-            first.get_or_insert_with(Instant::now);
-            ids.insert(id);
-        }
-    }
-    Ok(first.map_or(Duration::ZERO, |first| first.elapsed()))
 }

@@ -1,0 +1,3 @@
+//! What the benchmark's binaries share.
+
+pub mod replies;
