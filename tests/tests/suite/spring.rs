@@ -243,11 +243,10 @@ fn from_hex(hex: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// The Spring client sends [`CALLS`] requests at once to the echo service (a
-/// Rust `Responder`, as a process) and gets each its own reply.
-async fn replying_template_calls_the_echo_service(run: ClientRun) -> TestResult {
-    let broker = Broker::shared();
-    let prefix = format!("spring-{}", &new_correlation_id()[..8]);
+/// The echo service (a Rust `Responder`, as a process) on a request topic
+/// of its own under `prefix`, with a reply topic beside it (3 partitions
+/// each), once it serves: (requests, replies, the process).
+async fn echo_service(broker: &Broker, prefix: &str) -> anyhow::Result<(String, String, Proc)> {
     let (requests, replies) = (format!("{prefix}.echo"), format!("{prefix}.replies"));
     broker.create_topics(&[&requests, &replies], 3).await?;
     let echo_settings = replyway_echo::Settings {
@@ -258,6 +257,15 @@ async fn replying_template_calls_the_echo_service(run: ClientRun) -> TestResult 
     };
     let mut echo = Proc::spawn("replyway-echo", &echo_settings, None)?;
     echo.logged("echo service started", JVM).await?;
+    Ok((requests, replies, echo))
+}
+
+/// The Spring client sends [`CALLS`] requests at once to the echo service (a
+/// Rust `Responder`, as a process) and gets each its own reply.
+async fn replying_template_calls_the_echo_service(run: ClientRun) -> TestResult {
+    let broker = Broker::shared();
+    let prefix = format!("spring-{}", &new_correlation_id()[..8]);
+    let (requests, replies, mut echo) = echo_service(broker, &prefix).await?;
 
     let (calls_text, binary_text) = (CALLS.to_string(), run.binary.to_string());
     let partition_text = run.reply_partition.map(|p| p.to_string());
@@ -406,16 +414,7 @@ async fn a_streamed_reply_to_a_spring_command_keeps_its_partition_and_id_in_ever
 -> TestResult {
     let broker = Broker::shared();
     let prefix = format!("spring-parts-{}", &new_correlation_id()[..8]);
-    let (requests, replies) = (format!("{prefix}.echo"), format!("{prefix}.replies"));
-    broker.create_topics(&[&requests, &replies], 3).await?;
-    let echo_settings = replyway_echo::Settings {
-        topics: vec![requests.clone()],
-        group_id: format!("{prefix}-echo"),
-        kafka: broker.kafka_settings(),
-        ..replyway_echo::Settings::default()
-    };
-    let mut echo = Proc::spawn("replyway-echo", &echo_settings, None)?;
-    echo.logged("echo service started", JVM).await?;
+    let (requests, replies, mut echo) = echo_service(broker, &prefix).await?;
 
     // A command shaped as Spring's ReplyingKafkaTemplate sends it.
     let spring_id: Vec<u8> = (0xa0..0xb0).collect();
