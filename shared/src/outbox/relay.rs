@@ -63,6 +63,9 @@ pub struct RelayStats {
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 /// Longest wait for the replication stream to close at shutdown.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for the server to start the replication stream (connect,
+/// TLS, authentication, START_REPLICATION); then the session starts again.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the relay waits for the stream when nothing is pending.
 const IDLE_WAIT: Duration = Duration::from_secs(3600);
 
@@ -184,7 +187,15 @@ impl Relay {
         let mut stream = ReplicationClient::connect(self.replication_config()?).await?;
         // Connecting, TLS, authentication and START_REPLICATION run in the
         // stream's task: streaming once the server accepted the start.
-        stream.wait_started().await?;
+        let started = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            started = tokio::time::timeout(START_TIMEOUT, stream.wait_started()) => started,
+        };
+        started.map_err(|_| {
+            OutboxError::Replication(pgwire_replication::PgWireError::Protocol(format!(
+                "the server did not start the replication stream within {START_TIMEOUT:?}"
+            )))
+        })??;
         self.stats.streaming.store(true, Ordering::Relaxed);
         tracing::info!(
             slot = %slot,
