@@ -553,6 +553,21 @@ impl Stack {
             .await?)
     }
 
+    /// Keys matching `pattern` now that are not among `before` (an earlier
+    /// [`Stack::redis_keys`]): what a step added, whatever expired meanwhile.
+    pub async fn new_redis_keys(
+        &self,
+        pattern: &str,
+        before: &[String],
+    ) -> anyhow::Result<Vec<String>> {
+        Ok(self
+            .redis_keys(pattern)
+            .await?
+            .into_iter()
+            .filter(|k| !before.contains(k))
+            .collect())
+    }
+
     /// Records of `topic` read from the start by a fresh consumer group, until
     /// `done` says enough or `within` passes.
     pub async fn read_topic<F>(

@@ -483,20 +483,6 @@ async fn redis_unavailable_answers_503_and_produces_nothing() -> TestResult {
     stack.shutdown().await
 }
 
-/// The keys matching `pattern` that are not in `before`.
-async fn new_keys(
-    stack: &Stack,
-    pattern: &str,
-    before: &HashSet<String>,
-) -> anyhow::Result<Vec<String>> {
-    Ok(stack
-        .redis_keys(pattern)
-        .await?
-        .into_iter()
-        .filter(|k| !before.contains(k))
-        .collect())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kafka_unavailable_answers_503_and_leaves_nothing_pending() -> TestResult {
     let mut stack = Stack::start(StackOptions {
@@ -507,10 +493,8 @@ async fn kafka_unavailable_answers_503_and_leaves_nothing_pending() -> TestResul
     // Warm-up requests that timed out while the consumer groups joined are
     // still pending (their replies may be collected, or their keys expire,
     // meanwhile): only new keys count.
-    let pending_before: HashSet<String> =
-        stack.redis_keys("*:pending").await?.into_iter().collect();
-    let waiters_before: HashSet<String> =
-        stack.redis_keys("*:waiters").await?.into_iter().collect();
+    let pending_before = stack.redis_keys("*:pending").await?;
+    let waiters_before = stack.redis_keys("*:waiters").await?;
     stack.broker.stop();
     let started = Instant::now();
     let response = stack
@@ -528,12 +512,12 @@ async fn kafka_unavailable_answers_503_and_leaves_nothing_pending() -> TestResul
     );
     assert_eq!(json_of(response).await?["status"], 503);
     assert_eq!(
-        new_keys(&stack, "*:pending", &pending_before).await?,
+        stack.new_redis_keys("*:pending", &pending_before).await?,
         Vec::<String>::new(),
         "an unproduced request was left pending"
     );
     assert_eq!(
-        new_keys(&stack, "*:waiters", &waiters_before).await?,
+        stack.new_redis_keys("*:waiters", &waiters_before).await?,
         Vec::<String>::new(),
         "a waiter of an unproduced request was left"
     );
