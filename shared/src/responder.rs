@@ -408,7 +408,7 @@ impl Responder {
                     return true;
                 }
                 Err((e, _)) => {
-                    tracing::warn!(correlation_id = %handling.id, error = %e, "could not produce reply; retrying");
+                    tracing::warn!(correlation_id = %handling.id(), error = %e, "could not produce reply; retrying");
                     if !backoff.wait(shutdown).await {
                         return false;
                     }

@@ -18,8 +18,6 @@ use super::{Cancelled, HandlerError, Parts, Redeliver, ResponderStats};
 /// One command on its way through a handler: where its reply goes, the span
 /// of this hop, and the parts it may stream.
 pub(super) struct Handling {
-    /// The command's correlation id.
-    pub(super) id: String,
     address: Arc<ReplyAddress>,
     pub(super) span: tracing::Span,
     parts: Parts,
@@ -88,7 +86,7 @@ impl Handling {
         let span =
             tracing::info_span!("responder.handle", otel.kind = "consumer", correlation_id = %id);
         let address = Arc::new(ReplyAddress {
-            id: id.clone(),
+            id,
             reply_to: request.reply_to.clone(),
             reply_partition: request.reply_partition,
             spring_correlation_id: request.spring_correlation_id.clone(),
@@ -97,7 +95,6 @@ impl Handling {
         let parts = Parts::new(producer.clone(), Arc::clone(&address));
         request.parts = parts.clone();
         Self {
-            id,
             address,
             span,
             parts,
@@ -112,7 +109,7 @@ impl Handling {
         result: Result<T, HandlerError>,
         stats: &ResponderStats,
     ) -> Outcome<T> {
-        let id = &self.id;
+        let id = self.id();
         match result {
             Ok(answer) => Outcome::Answer(answer),
             Err(e) if e.downcast_ref::<Redeliver>().is_some() => {
@@ -143,6 +140,11 @@ impl Handling {
             0 => reply,
             sent => reply.as_part(sent, true),
         }
+    }
+
+    /// The command's correlation id.
+    pub(super) fn id(&self) -> &str {
+        &self.address.id
     }
 
     /// The headers of `reply`'s record (give it [`Handling::last_part`]);

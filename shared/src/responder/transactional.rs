@@ -452,7 +452,7 @@ impl TransactionalResponder {
             Outcome::Redeliver => {
                 return Err(Failure::Unanswered(format!(
                     "the handler left command {} for redelivery",
-                    handling.id
+                    handling.id()
                 )));
             }
         };
