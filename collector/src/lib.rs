@@ -381,13 +381,10 @@ impl Collector {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let (registry, readiness) = self.admin();
-        let router = replyway_shared::admin::router(Arc::new(registry)).route(
-            "/readyz",
-            axum::routing::get(move || {
-                let readiness = readiness.clone();
-                async move { readiness.check().await }
-            }),
-        );
+        let router = replyway_shared::admin::router_with_readiness(Arc::new(registry), move || {
+            let readiness = readiness.clone();
+            async move { readiness.check().await }
+        });
         let admin = replyway_shared::admin::AdminServer::start(admin, router);
         let result = self.run(shutdown).await;
         admin.stop().await;

@@ -95,6 +95,16 @@ pub fn router<S: Clone + Send + Sync + 'static>(registry: Arc<Registry>) -> Rout
         )
 }
 
+/// [`router`] with `/readyz` answered by `check` (a binary's own readiness:
+/// `200` when ready, else `503`).
+pub fn router_with_readiness<F, Fut>(registry: Arc<Registry>, check: F) -> Router
+where
+    F: Fn() -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response> + Send + 'static,
+{
+    router(registry).route("/readyz", get(check))
+}
+
 fn metrics_response(registry: &Registry) -> Response {
     (
         StatusCode::OK,

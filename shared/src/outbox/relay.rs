@@ -149,13 +149,10 @@ impl Relay {
         shutdown: CancellationToken,
     ) -> Result<(), OutboxError> {
         let (registry, readiness) = super::metrics::register(self.stats());
-        let router = crate::admin::router(Arc::new(registry)).route(
-            "/readyz",
-            axum::routing::get(move || {
-                let readiness = readiness.clone();
-                async move { readiness.check() }
-            }),
-        );
+        let router = crate::admin::router_with_readiness(Arc::new(registry), move || {
+            let readiness = readiness.clone();
+            async move { readiness.check() }
+        });
         let admin = crate::admin::AdminServer::start(admin, router);
         let result = self.run(shutdown).await;
         admin.stop().await;
